@@ -1,0 +1,281 @@
+//! Image records in the embedded database (redb).
+//!
+//! Tables: `tags` (canonical reference -> manifest digest) and `images` (manifest
+//! digest -> [`ImageRecord`] as JSON), plus `meta.schema_version`. Every change is one
+//! redb transaction, so a crash leaves either the old or the new state. The database
+//! is opened per operation (redb allows one process at a time), with a bounded wait
+//! for a concurrent `apex` process to finish.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Current schema version; bump with a migration in [`ImageDb::open`].
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// One layer of a stored image.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// Compressed blob digest.
+    pub digest: Digest,
+    /// Compressed size in bytes.
+    pub size: u64,
+    /// Layer media type.
+    pub media_type: String,
+}
+
+/// What we know about a locally stored image (one platform's manifest).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// Digest of the image manifest.
+    pub digest: Digest,
+    /// Manifest media type (OCI or Docker v2).
+    pub media_type: String,
+    /// Digest of the image config; its short form is the image ID.
+    pub config_digest: Digest,
+    /// `os/arch[/variant]` from the config.
+    pub platform: String,
+    /// Layers, bottom first.
+    pub layers: Vec<LayerRecord>,
+    /// Total stored size: manifest + config + layers.
+    pub size: u64,
+    /// Creation time from the image config, if present.
+    pub created: Option<String>,
+    /// When it was pulled or loaded (RFC 3339).
+    pub added: String,
+    /// Digest of the index it was selected from, if any.
+    pub index_digest: Option<Digest>,
+    /// Repository digests (`repo@sha256:...`) this image is known under remotely.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+}
+
+impl ImageRecord {
+    /// All blobs this image needs: manifest, config, layers.
+    pub fn blobs(&self) -> impl Iterator<Item = &Digest> {
+        [&self.digest, &self.config_digest]
+            .into_iter()
+            .chain(self.layers.iter().map(|l| &l.digest))
+    }
+}
+
+/// Handle on the image database file.
+pub struct ImageDb {
+    db: Database,
+}
+
+impl ImageDb {
+    /// Opens (creating and migrating if needed), waiting up to `wait` for another process.
+    pub fn open(path: &Path, wait: Duration) -> Result<Self> {
+        let start = Instant::now();
+        let db = loop {
+            match Database::create(path) {
+                Ok(db) => break db,
+                Err(DatabaseError::DatabaseAlreadyOpen) if start.elapsed() < wait => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => bail!(
+                    "image database {} is busy (another apex process holds it)",
+                    path.display()
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("opening database {}", path.display()))
+                }
+            }
+        };
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(TAGS)?;
+            tx.open_table(IMAGES)?;
+            let mut meta = tx.open_table(META)?;
+            let v = meta.get("schema_version")?.map(|g| g.value());
+            match v {
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)?;
+                }
+                Some(SCHEMA_VERSION) => {}
+                Some(v) if v > SCHEMA_VERSION => bail!(
+                    "database {} has schema {v}, newer than this apex understands ({SCHEMA_VERSION}); upgrade apex",
+                    path.display()
+                ),
+                Some(v) => bail!("no migration from schema {v} to {SCHEMA_VERSION}"),
+            }
+        }
+        tx.commit()?;
+        Ok(ImageDb { db })
+    }
+
+    /// Stores `record` and points each of `names` at it, atomically.
+    pub fn put(&self, record: &ImageRecord, names: &[String]) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut images = tx.open_table(IMAGES)?;
+            let key = record.digest.to_string();
+            let merged = match images.get(key.as_str())? {
+                Some(old) => {
+                    let mut old: ImageRecord = serde_json::from_slice(old.value())?;
+                    for rd in &record.repo_digests {
+                        if !old.repo_digests.contains(rd) {
+                            old.repo_digests.push(rd.clone());
+                        }
+                    }
+                    old
+                }
+                None => record.clone(),
+            };
+            images.insert(key.as_str(), serde_json::to_vec(&merged)?.as_slice())?;
+            let mut tags = tx.open_table(TAGS)?;
+            for n in names {
+                tags.insert(n.as_str(), key.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Points `name` at an existing image.
+    pub fn tag(&self, name: &str, digest: &Digest) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(TAGS)?
+            .insert(name, digest.to_string().as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a name; returns the digest it pointed at.
+    pub fn untag(&self, name: &str) -> Result<Option<Digest>> {
+        let tx = self.db.begin_write()?;
+        let old = tx
+            .open_table(TAGS)?
+            .remove(name)?
+            .map(|v| v.value().parse())
+            .transpose()?;
+        tx.commit()?;
+        Ok(old)
+    }
+
+    /// Removes an image record and every name pointing at it.
+    pub fn remove_image(&self, digest: &Digest) -> Result<()> {
+        let key = digest.to_string();
+        let tx = self.db.begin_write()?;
+        {
+            let mut tags = tx.open_table(TAGS)?;
+            let names: Vec<String> = tags
+                .iter()?
+                .filter_map(|e| e.ok())
+                .filter(|(_, v)| v.value() == key)
+                .map(|(k, _)| k.value().to_string())
+                .collect();
+            for n in names {
+                tags.remove(n.as_str())?;
+            }
+            tx.open_table(IMAGES)?.remove(key.as_str())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The digest a name points at.
+    pub fn resolve(&self, name: &str) -> Result<Option<Digest>> {
+        let tx = self.db.begin_read()?;
+        let tags = tx.open_table(TAGS)?;
+        Ok(tags.get(name)?.map(|v| v.value().parse()).transpose()?)
+    }
+
+    /// One image record.
+    pub fn get(&self, digest: &Digest) -> Result<Option<ImageRecord>> {
+        let tx = self.db.begin_read()?;
+        let images = tx.open_table(IMAGES)?;
+        Ok(images
+            .get(digest.to_string().as_str())?
+            .map(|v| serde_json::from_slice(v.value()))
+            .transpose()?)
+    }
+
+    /// All images with the names pointing at each (possibly none: dangling).
+    pub fn list(&self) -> Result<Vec<(ImageRecord, Vec<String>)>> {
+        let tx = self.db.begin_read()?;
+        let images = tx.open_table(IMAGES)?;
+        let tags = tx.open_table(TAGS)?;
+        let mut names: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for e in tags.iter()? {
+            let (k, v) = e?;
+            names
+                .entry(v.value().to_string())
+                .or_default()
+                .push(k.value().to_string());
+        }
+        let mut out = Vec::new();
+        for e in images.iter()? {
+            let (k, v) = e?;
+            let rec: ImageRecord = serde_json::from_slice(v.value())?;
+            let mut n = names.remove(k.value()).unwrap_or_default();
+            n.sort();
+            out.push((rec, n));
+        }
+        Ok(out)
+    }
+}
+
+/// Default database path under an Apex home.
+pub fn db_path(home: &Path) -> PathBuf {
+    home.join("db").join("images.redb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(tag: &[u8]) -> ImageRecord {
+        ImageRecord {
+            digest: Digest::of(tag),
+            media_type: crate::manifest::OCI_MANIFEST.into(),
+            config_digest: Digest::of(b"cfg"),
+            platform: "linux/amd64".into(),
+            layers: vec![],
+            size: 1,
+            created: None,
+            added: "now".into(),
+            index_digest: None,
+            repo_digests: vec![],
+        }
+    }
+
+    #[test]
+    fn put_resolve_untag_remove() {
+        let t = tempfile::tempdir().unwrap();
+        let db = ImageDb::open(&t.path().join("x.redb"), Duration::from_secs(1)).unwrap();
+        let r = rec(b"a");
+        db.put(&r, &["docker.io/library/a:latest".into()]).unwrap();
+        db.tag("docker.io/library/a:v2", &r.digest).unwrap();
+        assert_eq!(db.resolve("docker.io/library/a:v2").unwrap(), Some(r.digest.clone()));
+        let list = db.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].1.len(), 2);
+        assert_eq!(db.untag("docker.io/library/a:v2").unwrap(), Some(r.digest.clone()));
+        db.remove_image(&r.digest).unwrap();
+        assert!(db.list().unwrap().is_empty());
+        assert_eq!(db.resolve("docker.io/library/a:latest").unwrap(), None);
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("x.redb");
+        {
+            let db = ImageDb::open(&p, Duration::from_secs(1)).unwrap();
+            db.put(&rec(b"a"), &["n".into()]).unwrap();
+        }
+        let db = ImageDb::open(&p, Duration::from_secs(1)).unwrap();
+        assert_eq!(db.list().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs everything Apex needs on Debian 12 (as root), idempotently:
+# apt packages, the guest kernel and its modules, vhost-user backends from crates.io.
+# Re-running is cheap: every step checks first and skips what is already there.
+set -euo pipefail
+
+APEX_ASSETS=${APEX_ASSETS:-/usr/local/lib/apex}
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+APT_PACKAGES=(
+  qemu-system-x86 docker-registry e2fsprogs erofs-utils busybox-static skopeo apache2-utils
+  libseccomp-dev libcap-ng-dev debootstrap cpio kmod jq pkg-config iproute2 nftables
+  hyperfine zstd socat ca-certificates
+)
+
+install_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    log "apt: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+# The guest kernel: Debian's cloud kernel, unpacked (not installed) into $APEX_ASSETS/kernel.
+install_kernel() {
+  if [[ -f $APEX_ASSETS/kernel/vmlinuz && -d $APEX_ASSETS/kernel/modules ]]; then return; fi
+  log "guest kernel: fetching Debian's linux-image cloud package"
+  local tmp pkg
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+  if [[ -z $pkg ]]; then apt-get update -qq; pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); fi
+  (cd "$tmp" && apt-get download -qq "$pkg")
+  dpkg-deb -x "$tmp"/linux-image-*.deb "$tmp/root"
+  local kver
+  kver=$(ls "$tmp/root/lib/modules")
+  depmod -b "$tmp/root" "$kver"
+  rm -rf "$APEX_ASSETS/kernel.new"
+  mkdir -p "$APEX_ASSETS/kernel.new"
+  cp "$tmp/root/boot/vmlinuz-$kver" "$APEX_ASSETS/kernel.new/vmlinuz"
+  mkdir -p "$APEX_ASSETS/kernel.new/modules/lib"
+  mv "$tmp/root/lib/modules" "$APEX_ASSETS/kernel.new/modules/lib/modules"
+  echo "$kver" >"$APEX_ASSETS/kernel.new/version"
+  rm -rf "$APEX_ASSETS/kernel"
+  mv "$APEX_ASSETS/kernel.new" "$APEX_ASSETS/kernel"
+}
+
+# vhost-user backends (rust-vmm), built from crates.io.
+install_backends() {
+  command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) first"; exit 1; }
+  command -v vhost-device-vsock >/dev/null || { log "building vhost-device-vsock"; cargo install --quiet --locked vhost-device-vsock; }
+  command -v virtiofsd >/dev/null || { log "building virtiofsd"; cargo install --quiet --locked virtiofsd; }
+}
+
+install_apt
+install_kernel
+install_backends
+log "dependencies ready (assets in $APEX_ASSETS)"
