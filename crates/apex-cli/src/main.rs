@@ -1,1 +1,95 @@
-fn main() {}
+//! `apex`: the command-line client.
+//!
+//! Image commands run in-process on the image store today; container commands will
+//! talk to `apexd` over its Unix socket once it exists.
+
+mod format;
+mod image;
+mod progress;
+mod registry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run Linux containers, each in its own lightweight VM.
+#[derive(Parser)]
+#[command(name = "apex", version, about, propagate_version = true)]
+struct Cli {
+    /// State directory (default: /var/lib/apex as root, ~/.apex otherwise).
+    #[arg(long, global = true, env = "APEX_HOME")]
+    home: Option<PathBuf>,
+    /// Verbose logs on stderr.
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
+    /// Log in to and out of registries.
+    #[command(subcommand)]
+    Registry(registry::RegistryCmd),
+    /// Pull an image (same as `apex image pull`).
+    Pull(image::PullArgs),
+    /// List images (same as `apex image ls`).
+    Images(image::LsArgs),
+}
+
+/// Where state lives.
+fn default_home() -> PathBuf {
+    if is_root() {
+        PathBuf::from("/var/lib/apex")
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".apex")
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.debug { "debug" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("APEX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .init();
+    let home = cli.home.clone().unwrap_or_else(default_home);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Image(c) => image::run(&home, c).await,
+            Cmd::Pull(a) => image::run(&home, image::ImageCmd::Pull(a)).await,
+            Cmd::Images(a) => image::run(&home, image::ImageCmd::Ls(a)).await,
+            Cmd::Registry(c) => registry::run(&home, c).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -97,14 +97,18 @@ async fn pick_scheme(host: &str, opts: &ConnectOptions) -> Result<&'static str, 
     }
 }
 
+/// The most specific cause of a transport error ("Connection refused", a TLS failure),
+/// without reqwest's layers of wrapping.
 fn reqwest_reason(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s = format!("{s}: {inner}");
-        src = inner.source();
+    let mut last: &dyn std::error::Error = e;
+    while let Some(inner) = last.source() {
+        last = inner;
     }
-    s
+    if e.is_timeout() {
+        format!("timed out ({last})")
+    } else {
+        last.to_string()
+    }
 }
 
 /// Maps an oci-client error onto a user-facing one.
