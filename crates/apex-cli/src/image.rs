@@ -30,7 +30,12 @@ impl ConnectArgs {
         ConnectOptions {
             scheme: self.scheme,
             insecure_registries: std::env::var("APEX_INSECURE_REGISTRIES")
-                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .map(|v| {
+                    v.split(',')
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
         }
     }
@@ -181,7 +186,11 @@ pub async fn run(home: &Path, cmd: ImageCmd) -> Result<()> {
             quiet,
         } => {
             let r = store
-                .push(&reference, connect.options(), progress::bars(quiet, "Pushing"))
+                .push(
+                    &reference,
+                    connect.options(),
+                    progress::bars(quiet, "Pushing"),
+                )
                 .await?;
             if !quiet {
                 println!("Pushed {r}");
@@ -213,7 +222,11 @@ async fn pull(store: &ImageStore, a: PullArgs) -> Result<()> {
     println!("Digest: {}", rep.record.digest);
     println!(
         "Status: {} {} ({}, {} layers, {} downloaded in {:.2}s{})",
-        if rep.downloaded > 0 { "Downloaded" } else { "Up to date:" },
+        if rep.downloaded > 0 {
+            "Downloaded"
+        } else {
+            "Up to date:"
+        },
         rep.name,
         rep.record.platform,
         rep.record.layers.len(),
@@ -263,7 +276,14 @@ fn ls(store: &ImageStore, a: LsArgs) -> Result<()> {
         }
     }
     format::table(
-        &["REPOSITORY", "TAG", "IMAGE ID", "PLATFORM", "CREATED", "SIZE"],
+        &[
+            "REPOSITORY",
+            "TAG",
+            "IMAGE ID",
+            "PLATFORM",
+            "CREATED",
+            "SIZE",
+        ],
         &rows,
     );
     Ok(())
@@ -286,7 +306,10 @@ mod tests {
 
     #[test]
     fn splits_names() {
-        assert_eq!(split_name("busybox:latest"), ("busybox".into(), "latest".into()));
+        assert_eq!(
+            split_name("busybox:latest"),
+            ("busybox".into(), "latest".into())
+        );
         assert_eq!(
             split_name("127.0.0.1:5000/app:1"),
             ("127.0.0.1:5000/app".into(), "1".into())

@@ -55,8 +55,8 @@ fn default_home() -> PathBuf {
 
 fn is_root() -> bool {
     std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 fn main() -> ExitCode {

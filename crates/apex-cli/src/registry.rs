@@ -63,7 +63,11 @@ pub async fn run(home: &Path, cmd: RegistryCmd) -> Result<()> {
                 bail!("empty password");
             }
             store
-                .login(&server, Credentials { username, password }, connect.options())
+                .login(
+                    &server,
+                    Credentials { username, password },
+                    connect.options(),
+                )
                 .await?;
             println!("Login Succeeded");
             Ok(())

@@ -30,7 +30,9 @@ pub fn write(
 ) -> Result<()> {
     let tmp = out.with_file_name(format!(
         ".{}.apex-tmp",
-        out.file_name().and_then(|n| n.to_str()).unwrap_or("archive")
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("archive")
     ));
     let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
@@ -70,7 +72,6 @@ pub fn write(
         "mediaType": manifest::OCI_INDEX,
         "manifests": manifests,
     }))?;
-    drop(add);
     for d in blob_list {
         let mut f = content.open_blob(&d)?;
         let mut h = tar::Header::new_ustar();
@@ -92,7 +93,8 @@ pub fn write(
 
 /// Imports every blob (each verified by digest) and returns the images the index names.
 pub fn read(content: &ContentStore, input: &Path) -> Result<Vec<(ImageRecord, Option<ImageRef>)>> {
-    let mut f = BufReader::new(File::open(input).with_context(|| format!("opening {}", input.display()))?);
+    let mut f =
+        BufReader::new(File::open(input).with_context(|| format!("opening {}", input.display()))?);
     let mut magic = [0u8; 2];
     f.read_exact(&mut magic).context("archive is empty")?;
     let f = std::io::Cursor::new(magic).chain(f);
@@ -106,7 +108,11 @@ pub fn read(content: &ContentStore, input: &Path) -> Result<Vec<(ImageRecord, Op
     let mut saw_layout = false;
     for e in archive.entries().context("reading archive")? {
         let mut e = e.context("reading archive entry")?;
-        let path = e.path()?.to_string_lossy().trim_start_matches("./").to_string();
+        let path = e
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
         if path == "index.json" {
             let mut b = Vec::new();
             e.read_to_end(&mut b)?;
@@ -128,7 +134,10 @@ pub fn read(content: &ContentStore, input: &Path) -> Result<Vec<(ImageRecord, Op
         }
     }
     if !saw_layout {
-        bail!("{} is not an OCI archive (no oci-layout file)", input.display());
+        bail!(
+            "{} is not an OCI archive (no oci-layout file)",
+            input.display()
+        );
     }
     let index = index.with_context(|| format!("{} has no index.json", input.display()))?;
     let idx: ImageIndex = serde_json::from_slice(&index).context("parsing index.json")?;

@@ -134,7 +134,10 @@ mod tests {
         };
         s.set("r", &c).unwrap();
         assert_eq!(s.get("r").unwrap(), Some(c));
-        let mode = fs::metadata(t.path().join("auth.json")).unwrap().permissions().mode();
+        let mode = fs::metadata(t.path().join("auth.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(s.remove("r").unwrap());
         assert!(!s.remove("r").unwrap());

@@ -257,11 +257,17 @@ mod tests {
         let r = rec(b"a");
         db.put(&r, &["docker.io/library/a:latest".into()]).unwrap();
         db.tag("docker.io/library/a:v2", &r.digest).unwrap();
-        assert_eq!(db.resolve("docker.io/library/a:v2").unwrap(), Some(r.digest.clone()));
+        assert_eq!(
+            db.resolve("docker.io/library/a:v2").unwrap(),
+            Some(r.digest.clone())
+        );
         let list = db.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].1.len(), 2);
-        assert_eq!(db.untag("docker.io/library/a:v2").unwrap(), Some(r.digest.clone()));
+        assert_eq!(
+            db.untag("docker.io/library/a:v2").unwrap(),
+            Some(r.digest.clone())
+        );
         db.remove_image(&r.digest).unwrap();
         assert!(db.list().unwrap().is_empty());
         assert_eq!(db.resolve("docker.io/library/a:latest").unwrap(), None);

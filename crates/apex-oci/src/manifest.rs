@@ -55,9 +55,9 @@ impl Compression {
 #[derive(Debug)]
 pub enum Parsed {
     /// Multi-platform index or Docker manifest list.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
     /// A single image manifest (OCI or Docker v2).
-    Image(ImageManifest),
+    Image(Box<ImageManifest>),
 }
 
 #[derive(Deserialize)]
@@ -100,9 +100,9 @@ pub fn parse(raw: &[u8], reference: &str) -> Result<(Parsed, String), ImageError
         reason: e.to_string(),
     };
     let parsed = match mt.as_str() {
-        OCI_INDEX | DOCKER_LIST => {
-            Parsed::Index(serde_json::from_slice(raw).map_err(|e| malformed(&e))?)
-        }
+        OCI_INDEX | DOCKER_LIST => Parsed::Index(Box::new(
+            serde_json::from_slice(raw).map_err(|e| malformed(&e))?,
+        )),
         OCI_MANIFEST | DOCKER_MANIFEST => {
             let m: ImageManifest = serde_json::from_slice(raw).map_err(|e| malformed(&e))?;
             let cfg = m.config().media_type().to_string();
@@ -117,13 +117,13 @@ pub fn parse(raw: &[u8], reference: &str) -> Result<(Parsed, String), ImageError
                 .parse::<Digest>()
                 .map_err(|e| malformed(&e))?;
             for l in m.layers() {
-                Compression::from_media_type(&l.media_type().to_string())?;
+                Compression::from_media_type(l.media_type().as_ref())?;
                 l.digest()
                     .to_string()
                     .parse::<Digest>()
                     .map_err(|e| malformed(&e))?;
             }
-            Parsed::Image(m)
+            Parsed::Image(Box::new(m))
         }
         other => return Err(ImageError::UnsupportedMediaType(other.to_string())),
     };
@@ -145,14 +145,12 @@ pub fn select_platform(
             variant: p.variant().clone(),
         };
         if want.matches(&have) {
-            let d = m
-                .digest()
-                .to_string()
-                .parse()
-                .map_err(|e: ImageError| ImageError::MalformedManifest {
+            let d = m.digest().to_string().parse().map_err(|e: ImageError| {
+                ImageError::MalformedManifest {
                     reference: reference.to_string(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             return Ok((d, m.media_type().to_string()));
         }
         if have.os != "unknown" {
@@ -202,7 +200,10 @@ mod tests {
         let e = parse(&manifest("application/x-foo", OCI_CONFIG), "x").unwrap_err();
         assert!(e.to_string().contains("application/x-foo"));
         let e = parse(
-            &manifest("application/vnd.oci.image.layer.v1.tar", "application/vnd.cncf.helm.config.v1+json"),
+            &manifest(
+                "application/vnd.oci.image.layer.v1.tar",
+                "application/vnd.cncf.helm.config.v1+json",
+            ),
             "x",
         )
         .unwrap_err();

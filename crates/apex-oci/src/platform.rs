@@ -54,7 +54,8 @@ impl FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let bad = || format!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/arm64");
+        let bad =
+            || format!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/arm64");
         match parts.as_slice() {
             [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
                 os: os.to_string(),

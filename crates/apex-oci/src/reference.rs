@@ -165,7 +165,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "Busybox", "a/B", "a:b:c", "busybox@sha256:1234", "busybox@md5:abcd"] {
+        for bad in [
+            "",
+            "Busybox",
+            "a/B",
+            "a:b:c",
+            "busybox@sha256:1234",
+            "busybox@md5:abcd",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -75,8 +75,7 @@ fn http_probe_client() -> reqwest::Client {
 
 /// Picks http or https for `host`.
 async fn pick_scheme(host: &str, opts: &ConnectOptions) -> Result<&'static str, ImageError> {
-    let insecure_ok =
-        is_loopback_host(host) || opts.insecure_registries.iter().any(|r| r == host);
+    let insecure_ok = is_loopback_host(host) || opts.insecure_registries.iter().any(|r| r == host);
     match opts.scheme {
         Scheme::Http => Ok("http"),
         Scheme::Https => Ok("https"),
@@ -145,7 +144,9 @@ pub fn classify(e: OciDistributionError, host: &str, what: &str) -> anyhow::Erro
             }
         }
         E::ServerError { code: 404, .. } => ImageError::NotFoundRemote(what.to_string()),
-        E::ServerError { code: 401 | 403, .. } => ImageError::Unauthorized(host.to_string()),
+        E::ServerError {
+            code: 401 | 403, ..
+        } => ImageError::Unauthorized(host.to_string()),
         E::DigestError(d) => {
             return anyhow::anyhow!("{what}: {d}");
         }
@@ -270,10 +271,10 @@ impl RegistryClient {
             .pull_blob_stream_partial(r.oci(), &desc, ingest.offset(), None)
             .await
             .map(|resp| match resp {
-            BlobResponse::Full(s) => (s, true),
-            BlobResponse::Partial(s) => (s, false),
-        })
-        .map_err(|e| classify(e, &self.host, &what))?;
+                BlobResponse::Full(s) => (s, true),
+                BlobResponse::Partial(s) => (s, false),
+            })
+            .map_err(|e| classify(e, &self.host, &what))?;
         if stream.1 {
             ingest.reset()?;
         }
@@ -306,12 +307,13 @@ impl RegistryClient {
         {
             return Ok(false);
         }
-        let size = store.size(d).with_context(|| format!("{what} missing locally"))?;
+        let size = store
+            .size(d)
+            .with_context(|| format!("{what} missing locally"))?;
         let mut file = store.open_blob(d)?;
         // Stream the file in 4 MiB chunks so large layers are never held in memory whole.
-        let stream = futures_util::stream::unfold(
-            (file_reader_buf(), false),
-            move |(mut buf, done)| {
+        let stream =
+            futures_util::stream::unfold((file_reader_buf(), false), move |(mut buf, done)| {
                 let res = if done {
                     None
                 } else {
@@ -322,8 +324,7 @@ impl RegistryClient {
                     }
                 };
                 std::future::ready(res)
-            },
-        );
+            });
         self.client
             .push_blob_stream(r.oci(), stream, &d.to_string(), Some(size))
             .await

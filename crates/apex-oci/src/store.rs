@@ -260,16 +260,17 @@ impl ImageStore {
             blobs.push((l.digest().to_string().parse()?, l.size()));
         }
         let client = Arc::new(client);
-        let downloaded: Vec<u64> = futures_util::stream::iter(blobs.into_iter().map(|(d, size)| {
-            let client = client.clone();
-            let content = self.content.clone();
-            let r = r.clone();
-            let progress = opts.progress.clone();
-            async move { fetch_one(&client, &content, &r, d, size, progress).await }
-        }))
-        .buffer_unordered(PARALLEL_LAYERS)
-        .try_collect()
-        .await?;
+        let downloaded: Vec<u64> =
+            futures_util::stream::iter(blobs.into_iter().map(|(d, size)| {
+                let client = client.clone();
+                let content = self.content.clone();
+                let r = r.clone();
+                let progress = opts.progress.clone();
+                async move { fetch_one(&client, &content, &r, d, size, progress).await }
+            }))
+            .buffer_unordered(PARALLEL_LAYERS)
+            .try_collect()
+            .await?;
         let fetch = t0.elapsed();
 
         let rd = format!(
@@ -352,7 +353,8 @@ impl ImageStore {
             let hits: Vec<_> = all
                 .iter()
                 .filter(|(rec, _)| {
-                    rec.config_digest.hex().starts_with(prefix) || rec.digest.hex().starts_with(prefix)
+                    rec.config_digest.hex().starts_with(prefix)
+                        || rec.digest.hex().starts_with(prefix)
                 })
                 .collect();
             match hits.len() {
@@ -380,7 +382,9 @@ impl ImageStore {
 
     /// The image config (JSON) of a stored image.
     pub fn config_json(&self, rec: &ImageRecord) -> Result<serde_json::Value> {
-        Ok(serde_json::from_slice(&self.content.read(&rec.config_digest)?)?)
+        Ok(serde_json::from_slice(
+            &self.content.read(&rec.config_digest)?,
+        )?)
     }
 
     /// Docker-style inspect document.
@@ -597,8 +601,7 @@ pub(crate) fn make_record(
             media_type: l.media_type().to_string(),
         });
     }
-    let size =
-        raw.len() as u64 + cfg_raw.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>();
+    let size = raw.len() as u64 + cfg_raw.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>();
     Ok(ImageRecord {
         digest,
         media_type,
@@ -659,7 +662,9 @@ async fn fetch_one(
             })
         }
     };
-    client.fetch_blob(r, &d, size, &mut ingest, &on_bytes).await?;
+    client
+        .fetch_blob(r, &d, size, &mut ingest, &on_bytes)
+        .await?;
     let got = ingest.offset();
     tokio::task::spawn_blocking(move || ingest.commit())
         .await?

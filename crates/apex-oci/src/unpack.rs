@@ -161,8 +161,7 @@ impl Unpacker {
         let existing_is_dir =
             existing.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
         if existing.is_some() && !(kind == EntryType::Directory && existing_is_dir) {
-            remove_all_at(&parent, name)
-                .with_context(|| format!("replacing {}", rel.display()))?;
+            remove_all_at(&parent, name).with_context(|| format!("replacing {}", rel.display()))?;
         }
 
         match kind {
@@ -268,7 +267,12 @@ impl Unpacker {
         if kind != EntryType::Symlink && kind != EntryType::Directory {
             self.set_xattrs(&parent, name, &mut entry, &rel)?;
             io_ctx(
-                rfs::chmodat(&parent, name.as_os_str(), Mode::from_raw_mode(mode), AtFlags::empty()),
+                rfs::chmodat(
+                    &parent,
+                    name.as_os_str(),
+                    Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                ),
                 "setting mode of",
                 &rel,
             )?;
@@ -283,13 +287,7 @@ impl Unpacker {
         Ok(())
     }
 
-    fn set_owner(
-        &self,
-        parent: &OwnedFd,
-        name: &OsStr,
-        h: &tar::Header,
-        rel: &Path,
-    ) -> Result<()> {
+    fn set_owner(&self, parent: &OwnedFd, name: &OsStr, h: &tar::Header, rel: &Path) -> Result<()> {
         if !self.privileged {
             return Ok(());
         }
@@ -573,7 +571,11 @@ mod tests {
         for (path, kind, data) in entries {
             let mut h = tar::Header::new_gnu();
             h.set_entry_type(*kind);
-            h.set_mode(if *kind == EntryType::Directory { 0o755 } else { 0o644 });
+            h.set_mode(if *kind == EntryType::Directory {
+                0o755
+            } else {
+                0o644
+            });
             h.set_mtime(1_700_000_000);
             // Raw name bytes: the builder's set_path would refuse `..`.
             let name = path.as_bytes();
@@ -662,8 +664,22 @@ mod tests {
     fn replaces_across_types() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        apply(r, &[("x/y", EntryType::Regular, b"1"), ("f", EntryType::Regular, b"1")]).unwrap();
-        apply(r, &[("x", EntryType::Regular, b"2"), ("f/g", EntryType::Regular, b"3")]).unwrap();
+        apply(
+            r,
+            &[
+                ("x/y", EntryType::Regular, b"1"),
+                ("f", EntryType::Regular, b"1"),
+            ],
+        )
+        .unwrap();
+        apply(
+            r,
+            &[
+                ("x", EntryType::Regular, b"2"),
+                ("f/g", EntryType::Regular, b"3"),
+            ],
+        )
+        .unwrap();
         assert_eq!(fs::read(r.join("x")).unwrap(), b"2");
         assert_eq!(fs::read(r.join("f/g")).unwrap(), b"3");
     }
@@ -708,7 +724,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
-        let inner = r.join(outside.path().strip_prefix("/").unwrap()).join("pwned");
+        let inner = r
+            .join(outside.path().strip_prefix("/").unwrap())
+            .join("pwned");
         assert_eq!(fs::read(inner).unwrap(), b"x");
         assert_eq!(fs::read(r.join("tmp/pwned2")).unwrap(), b"x");
         assert!(fs::symlink_metadata(r.join("link")).unwrap().is_file());

@@ -1,0 +1,18 @@
+//! End-to-end test harness for Apex.
+//!
+//! Everything here works offline on the project's Debian machines:
+//! - [`registry`]: a real registry (Debian's `docker-registry`, Distribution 2.8) on loopback,
+//!   without auth, with HTTP basic auth, or with bearer-token auth served in-process;
+//! - [`images`]: OCI image layouts written by hand (busybox, multi-arch, layered, hostile);
+//! - [`skopeo`]: an independent client to push, pull and inspect, to cross-check Apex;
+//! - [`apex`]: helpers that run the `apex` CLI binary with an isolated `APEX_HOME`.
+
+#![warn(missing_docs)]
+
+pub mod apex;
+pub mod images;
+pub mod registry;
+pub mod skopeo;
+
+pub use images::{Compression, Hostile, HostileLayout, Layout};
+pub use registry::{Registry, RegistryAuth};
