@@ -464,6 +464,20 @@ fn busybox_tar() -> Result<Vec<u8>> {
     t.finish()
 }
 
+/// A single-layer linux/amd64 image of the directory `root` (ownership, modes and links
+/// kept), e.g. a debootstrap tree for benchmarks.
+pub fn from_dir(root: &Path, dir: &Path, tag: &str, compression: Compression) -> Result<Layout> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    b.append_dir_all(".", root)
+        .with_context(|| format!("archiving {}", root.display()))?;
+    let tar = b.into_inner()?;
+    let w = Writer::new(dir)?;
+    let image = w.image("amd64", &[(tar, compression)], Flavor::Oci)?;
+    w.single(image, tag)
+}
+
 /// A layer holding `/etc/apex-arch` with `"{arch}\n"`.
 fn arch_tar(arch: &str) -> Result<Vec<u8>> {
     let mut t = TarBuf::new();

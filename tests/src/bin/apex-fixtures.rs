@@ -37,6 +37,15 @@ enum Cmd {
         #[arg(long, default_value = "gzip")]
         compression: String,
     },
+    /// Write a single-layer image of directory ROOT; prints its manifest digest.
+    FromDir {
+        root: PathBuf,
+        dir: PathBuf,
+        tag: String,
+        /// Layer compression: gzip, zstd or none.
+        #[arg(long, default_value = "gzip")]
+        compression: String,
+    },
     /// Write the linux/amd64 + linux/arm64 index; prints the index digest.
     Multiarch { dir: PathBuf, tag: String },
     /// Write the layered unpack-semantics image; prints its manifest digest.
@@ -70,6 +79,15 @@ fn main() -> Result<()> {
             compression,
         } => {
             let layout = images::busybox(&dir, &tag, compression.parse::<Compression>()?)?;
+            println!("{}", layout.manifest_digest);
+        }
+        Cmd::FromDir {
+            root,
+            dir,
+            tag,
+            compression,
+        } => {
+            let layout = images::from_dir(&root, &dir, &tag, compression.parse::<Compression>()?)?;
             println!("{}", layout.manifest_digest);
         }
         Cmd::Multiarch { dir, tag } => {
