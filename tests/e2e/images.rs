@@ -481,26 +481,6 @@ fn tag_rm_and_prune_reclaim_space() {
     assert!(out.stderr.contains("no such image"), "{}", out.stderr);
 }
 
-/// Rewrites the layout's manifest with `f` and returns the new manifest digest.
-fn rewrite_manifest(layout: &Layout, f: impl Fn(&mut Value)) -> String {
-    let raw = layout.blob(&layout.manifest_digest).unwrap();
-    let mut m: Value = serde_json::from_slice(&raw).unwrap();
-    f(&mut m);
-    let new = serde_json::to_vec(&m).unwrap();
-    let d = images::sha256_digest(&new);
-    fs::write(
-        layout.dir.join("blobs/sha256").join(&d["sha256:".len()..]),
-        &new,
-    )
-    .unwrap();
-    let idx_path = layout.dir.join("index.json");
-    let mut idx: Value = serde_json::from_slice(&fs::read(&idx_path).unwrap()).unwrap();
-    idx["manifests"][0]["digest"] = d.clone().into();
-    idx["manifests"][0]["size"] = new.len().into();
-    fs::write(&idx_path, serde_json::to_vec(&idx).unwrap()).unwrap();
-    d
-}
-
 fn registry_blob_path(reg: &Registry, digest: &str) -> PathBuf {
     let hex = &digest["sha256:".len()..];
     reg.storage_dir()
@@ -546,9 +526,10 @@ fn clear_errors_for_bad_input() {
 
     // Unsupported layer media type.
     let odd = images::busybox(&t.path().join("odd"), "odd", Compression::Gzip).unwrap();
-    rewrite_manifest(&odd, |m| {
+    images::rewrite_manifest(&odd, |m| {
         m["layers"][0]["mediaType"] = "application/vnd.example.unknown".into()
-    });
+    })
+    .unwrap();
     publish(&reg, &odd, "odd", "odd");
     one_line(
         &home.run(&["image", "pull", &format!("{host}/odd:odd")]),
@@ -617,7 +598,7 @@ fn big_layout(dir: &Path, mib: usize) -> Layout {
         &cfg_new,
     )
     .unwrap();
-    let md = rewrite_manifest(&base, |m| {
+    let md = images::rewrite_manifest(&base, |m| {
         m["config"]["digest"] = cd.clone().into();
         m["config"]["size"] = cfg_new.len().into();
         m["layers"].as_array_mut().unwrap().push(serde_json::json!({
@@ -625,7 +606,8 @@ fn big_layout(dir: &Path, mib: usize) -> Layout {
             "digest": ld,
             "size": layer.len(),
         }));
-    });
+    })
+    .unwrap();
     let mut layer_digests = base.layer_digests.clone();
     layer_digests.push(ld);
     Layout {

@@ -98,7 +98,8 @@ pub struct RunOutput {
 }
 
 impl RunOutput {
-    fn of(cmd: &Command, out: std::io::Result<Output>) -> Self {
+    /// Captures a finished command (`out` from `Command::output` or a spawned child).
+    pub fn of(cmd: &Command, out: std::io::Result<Output>) -> Self {
         let command = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|a| a.to_string_lossy().into_owned())

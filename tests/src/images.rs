@@ -22,7 +22,9 @@ pub const HOST_BUSYBOX: &str = "/bin/busybox";
 pub const IMAGE_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Applets linked to `/bin/busybox` in the busybox image.
 pub const BUSYBOX_APPLETS: &[&str] = &[
-    "sh", "echo", "true", "false", "cat", "ls", "sleep", "env", "id", "pwd",
+    "sh", "echo", "true", "false", "cat", "ls", "sleep", "env", "id", "pwd", "ps", "tty", "stty",
+    "mkdir", "touch", "test", "grep", "wc", "hostname", "kill", "head", "uname", "printf", "seq",
+    "dd", "mount", "cut", "tr", "yes", "nc", "wget", "ip", "ifconfig", "free", "top", "nproc",
 ];
 /// The annotation naming a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -462,6 +464,54 @@ fn busybox_tar() -> Result<Vec<u8>> {
     t.dir("root/", 0o700)?;
     t.dir("tmp/", 0o1777)?;
     t.finish()
+}
+
+/// Replaces the manifest of a single-image layout with `f(manifest)`; updates
+/// `index.json` and returns the new manifest digest.
+pub fn rewrite_manifest(layout: &Layout, f: impl FnOnce(&mut Value)) -> Result<String> {
+    let raw = layout.blob(&layout.manifest_digest)?;
+    let mut m: Value = serde_json::from_slice(&raw)?;
+    f(&mut m);
+    let new = serde_json::to_vec(&m)?;
+    let d = sha256_digest(&new);
+    fs::write(
+        layout.dir.join("blobs/sha256").join(&d["sha256:".len()..]),
+        &new,
+    )?;
+    let idx_path = layout.dir.join("index.json");
+    let mut idx: Value = serde_json::from_slice(&fs::read(&idx_path)?)?;
+    for e in idx["manifests"]
+        .as_array_mut()
+        .context("index.json has no manifests")?
+    {
+        if e["digest"] == layout.manifest_digest.as_str() {
+            e["digest"] = d.clone().into();
+            e["size"] = new.len().into();
+        }
+    }
+    fs::write(&idx_path, serde_json::to_vec(&idx)?)?;
+    Ok(d)
+}
+
+/// Returns a copy of a single-image layout (same dir) whose image config is `f(config)`.
+pub fn with_config(layout: &Layout, f: impl FnOnce(&mut Value)) -> Result<Layout> {
+    let mut cfg: Value = serde_json::from_slice(&layout.blob(&layout.config_digest)?)?;
+    f(&mut cfg);
+    let raw = serde_json::to_vec(&cfg)?;
+    let cd = sha256_digest(&raw);
+    fs::write(
+        layout.dir.join("blobs/sha256").join(&cd["sha256:".len()..]),
+        &raw,
+    )?;
+    let md = rewrite_manifest(layout, |m| {
+        m["config"]["digest"] = cd.clone().into();
+        m["config"]["size"] = raw.len().into();
+    })?;
+    Ok(Layout {
+        manifest_digest: md,
+        config_digest: cd,
+        ..layout.clone()
+    })
 }
 
 /// A single-layer linux/amd64 image of the directory `root` (ownership, modes and links

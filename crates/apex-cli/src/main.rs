@@ -7,6 +7,8 @@ mod format;
 mod image;
 mod progress;
 mod registry;
+mod run;
+mod term;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +37,8 @@ enum Cmd {
     /// Log in to and out of registries.
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
+    /// Run a command in a new container (its own VM).
+    Run(Box<run::RunArgs>),
     /// Pull an image (same as `apex image pull`).
     Pull(image::PullArgs),
     /// List images (same as `apex image ls`).
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         )
         .init();
     let home = cli.home.clone().unwrap_or_else(default_home);
+    let is_run = matches!(cli.cmd, Cmd::Run(_));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -77,19 +82,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let res = rt.block_on(async move {
+    let res = rt.block_on(async {
+        if let Cmd::Run(a) = cli.cmd {
+            return run::run(&home, *a).await;
+        }
         match cli.cmd {
             Cmd::Image(c) => image::run(&home, c).await,
             Cmd::Pull(a) => image::run(&home, image::ImageCmd::Pull(a)).await,
             Cmd::Images(a) => image::run(&home, image::ImageCmd::Ls(a)).await,
             Cmd::Registry(c) => registry::run(&home, c).await,
+            Cmd::Run(_) => unreachable!("handled above"),
         }
+        .map(|()| ExitCode::SUCCESS)
     });
+    // A pending read of stdin (run -i) must not hold the process open.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
     match res {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(if is_run { run::EXIT_APEX_ERROR } else { 1 })
         }
     }
 }

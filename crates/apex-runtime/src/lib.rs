@@ -1,7 +1,9 @@
 //! Container lifecycle on top of a VM and the guest agent.
 //!
 //! - [`spec`]: the process to run, merged from the image config and `run` flags;
-//! - [`agent`]: the multiplexing client of the guest agent.
+//! - [`agent`]: the multiplexing client of the guest agent;
+//! - [`sandbox`]: a VM booted on an image rootfs, and processes in it.
 
 pub mod agent;
+pub mod sandbox;
 pub mod spec;

@@ -1,0 +1,263 @@
+//! A sandbox: one VM booted on an image's rootfs, with its agent connection.
+//!
+//! Boot: locate the kernel and the guest init, build (or reuse) the initramfs, pick the
+//! accelerator, start QEMU with the rootfs image as a read-only virtio-blk disk, and wait
+//! for the agent on vsock (the boot watchdog kills a VM that never answers and reports
+//! the tail of its console). Processes get their stdio as vsock streams the guest opens
+//! to per-process ports on the host.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use apex_agent_proto::api::{self, User};
+use apex_agent_proto::CONTROL_PORT;
+use apex_vm::{
+    accel, initramfs, wait_for_agent, Disk, KernelAssets, QemuProvider, Vm, VmConfig, VmProvider,
+};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::agent::AgentClient;
+use crate::spec::ProcessSpec;
+
+/// How long a KVM probe boot may take before TCG is chosen (cached per kernel + QEMU).
+const ACCEL_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
+/// First vsock port used for process stdio; each process takes three.
+const STDIO_PORT_BASE: u32 = 10_000;
+
+/// How to boot a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Apex home (VM state goes under `vms/`).
+    pub home: PathBuf,
+    /// The image's read-only rootfs (erofs).
+    pub rootfs: PathBuf,
+    /// Guest hostname.
+    pub hostname: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// Boot watchdog.
+    pub boot_timeout: Duration,
+}
+
+/// A running process's stdio streams.
+pub struct Process {
+    /// Process id in the guest agent.
+    pub id: String,
+    /// Write side to the process's stdin (`-i`).
+    pub stdin: Option<UnixStream>,
+    /// stdout (or the terminal).
+    pub stdout: UnixStream,
+    /// stderr (absent with a terminal).
+    pub stderr: Option<UnixStream>,
+}
+
+/// A booted VM and its agent.
+pub struct Sandbox {
+    vm: Box<dyn Vm>,
+    agent: AgentClient,
+    next_port: AtomicU32,
+    next_proc: AtomicU32,
+}
+
+/// Where shared caches (initramfs, accelerator probe) live: `$APEX_CACHE_DIR`, else
+/// `/var/cache/apex` as root, else `~/.cache/apex`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("APEX_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/cache/apex");
+    }
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join(".cache/apex")
+}
+
+/// The static guest init binary: `$APEX_INIT`, else `guest/apex-init` next to the cargo
+/// profile dir of this executable (`target/guest/apex-init`), else
+/// `/usr/local/lib/apex/apex-init`.
+pub fn locate_init() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("APEX_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(3) {
+            candidates.push(dir.join("guest/apex-init"));
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/lib/apex/apex-init"));
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("guest init (apex-init) not found: run scripts/build-guest.sh or set APEX_INIT")
+}
+
+fn short_id() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+impl Sandbox {
+    /// Boots a VM for `cfg` and connects to its agent.
+    pub async fn boot(cfg: SandboxConfig) -> Result<Sandbox> {
+        let kernel = KernelAssets::locate()?;
+        let init = locate_init()?;
+        let cache = cache_dir();
+        std::fs::create_dir_all(&cache)
+            .with_context(|| format!("creating cache dir {}", cache.display()))?;
+        let initrd = {
+            let (init, kernel, cache) = (init.clone(), kernel.clone(), cache.clone());
+            tokio::task::spawn_blocking(move || initramfs::build(&init, &kernel, &cache)).await??
+        };
+        let id = short_id();
+        let state_dir = cfg.home.join("vms").join(&id);
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let mut vm_cfg = VmConfig {
+            id: id.clone(),
+            cpus: cfg.cpus,
+            memory_mib: cfg.memory_mib,
+            kernel: kernel.vmlinuz.clone(),
+            initrd,
+            cmdline: vec![
+                "apex.root=/dev/vda".into(),
+                "apex.rootfstype=erofs".into(),
+                format!("apex.hostname={}", cfg.hostname),
+            ],
+            disks: vec![Disk {
+                id: "root".into(),
+                path: cfg.rootfs.clone(),
+                read_only: true,
+            }],
+            state_dir: state_dir.clone(),
+            accel: apex_vm::Accel::Tcg,
+            guest_cid: 3,
+        };
+        let provider = QemuProvider::new()?;
+        vm_cfg.accel =
+            accel::select(&provider, &kernel, &vm_cfg, &cache, ACCEL_PROBE_TIMEOUT).await?;
+        let booted = async {
+            let vm = provider.start(vm_cfg).await?;
+            let stream = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout).await?;
+            anyhow::Ok((vm, stream))
+        }
+        .await;
+        let (vm, stream) = match booted {
+            Ok(v) => v,
+            Err(e) => {
+                // The VM (if any) was dropped, which kills it; drop its state too.
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(e);
+            }
+        };
+        let agent = AgentClient::new(stream);
+        agent
+            .ping()
+            .await
+            .context("guest agent did not answer ping")?;
+        Ok(Sandbox {
+            vm,
+            agent,
+            next_port: AtomicU32::new(STDIO_PORT_BASE),
+            next_proc: AtomicU32::new(1),
+        })
+    }
+
+    /// The agent client.
+    pub fn agent(&self) -> &AgentClient {
+        &self.agent
+    }
+
+    /// The VM's console (kernel + init messages).
+    pub fn boot_log(&self) -> String {
+        std::fs::read_to_string(self.vm.console_log()).unwrap_or_default()
+    }
+
+    /// Where the VM keeps sockets and logs.
+    pub fn state_dir(&self) -> &Path {
+        self.vm.state_dir()
+    }
+
+    /// Creates and starts a process; its stdio arrives as vsock streams.
+    pub async fn spawn(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
+        let id = format!("p{}", self.next_proc.fetch_add(1, Ordering::Relaxed));
+        let base = self.next_port.fetch_add(3, Ordering::Relaxed);
+        let (in_port, out_port, err_port) = (
+            stdin.then_some(base),
+            base + 1,
+            (!spec.terminal).then_some(base + 2),
+        );
+        let listen = |p: Option<u32>| -> Result<Option<UnixListener>> {
+            p.map(|p| self.vm.listen(p)).transpose().map_err(Into::into)
+        };
+        let (l_in, l_out, l_err) = (listen(in_port)?, listen(Some(out_port))?, listen(err_port)?);
+        let wire = api::ProcessSpec {
+            id: id.clone(),
+            args: spec.args.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            user: User {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![],
+                spec: Some(spec.user.clone()),
+            },
+            terminal: spec.terminal,
+            stdin_port: in_port,
+            stdout_port: Some(out_port),
+            stderr_port: err_port,
+            rootfs: None,
+            rlimits: vec![],
+        };
+        // The guest connects the stdio ports before it answers create_process.
+        let accept = async {
+            let a = |l: Option<UnixListener>| async move {
+                match l {
+                    Some(l) => l.accept().await.map(|(s, _)| Some(s)),
+                    None => Ok(None),
+                }
+            };
+            tokio::try_join!(a(l_in), a(l_out), a(l_err))
+        };
+        let (created, streams) = tokio::join!(self.agent.create_process(wire), async {
+            tokio::time::timeout(Duration::from_secs(30), accept).await
+        });
+        created?;
+        let (s_in, s_out, s_err) = streams
+            .context("guest did not connect the process's stdio")?
+            .context("accepting stdio connections")?;
+        self.agent.start_process(&id).await?;
+        Ok(Process {
+            id,
+            stdin: s_in,
+            stdout: s_out.context("no stdout stream")?,
+            stderr: s_err,
+        })
+    }
+
+    /// Asks the guest to power off, then makes sure QEMU and its backends are gone and the
+    /// VM's state directory is removed.
+    pub async fn shutdown(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.agent.shutdown()).await;
+        if tokio::time::timeout(Duration::from_secs(10), self.vm.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("VM did not power off in time; killing it");
+        }
+        self.vm.kill().await;
+        let _ = std::fs::remove_dir_all(self.vm.state_dir());
+    }
+}

@@ -1,0 +1,533 @@
+//! QEMU `microvm` provider: one VM = one `vhost-device-vsock` backend + one QEMU.
+//!
+//! Files in the per-VM state dir: `vhost.sock` (QEMU <-> backend), `vsock.sock`
+//! (host -> guest connections), `vsock.sock_<port>` (guest -> host listeners),
+//! `console.log` (guest serial), `qemu.log` (QEMU stderr), `vhost-vsock.log`.
+//!
+//! Process lifetime: both processes are killed and reaped by [`Vm::kill`], after
+//! [`Vm::wait`] (the backend), and when the [`QemuVm`] is dropped (also on panic).
+//! They carry `PR_SET_PDEATHSIG(SIGKILL)` so they also die if this process dies; since
+//! that signal is tied to the forking *thread*, all spawns go through one private,
+//! never-exiting thread, so callers may start VMs from any thread or task.
+
+pub mod args;
+pub mod vsock;
+
+use crate::accel::Accel;
+use crate::assets::KernelAssets;
+use crate::spawn::{spawn_guarded, Guarded};
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::net::{UnixListener, UnixStream};
+
+pub use args::{host_tsc_khz, kernel_cmdline, qemu_args};
+
+/// vhost-user control socket between QEMU and the vsock backend.
+pub const VHOST_SOCK: &str = "vhost.sock";
+/// Backend socket for host -> guest connections (`CONNECT <port>`).
+pub const VSOCK_SOCK: &str = "vsock.sock";
+/// Guest serial console output.
+pub const CONSOLE_LOG: &str = "console.log";
+/// QEMU's own stdout/stderr.
+pub const QEMU_LOG: &str = "qemu.log";
+/// vhost-device-vsock's output.
+pub const BACKEND_LOG: &str = "vhost-vsock.log";
+
+/// Longest unix socket path (`sun_path` is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+/// How long the backend may take to create its socket.
+const BACKEND_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A boxed, `Send` future (keeps the [`Vm`] and [`VmProvider`] traits object-safe).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A virtio-blk disk. Disks appear in the guest in order as /dev/vda, /dev/vdb, ...
+/// and carry `id` as their virtio serial (`/sys/block/vdX/serial`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Raw image on the host.
+    pub path: PathBuf,
+    /// Attach read-only.
+    pub read_only: bool,
+    /// 1-20 chars of `[A-Za-z0-9_.-]`; exposed as the disk serial.
+    pub id: String,
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Name used in logs and errors.
+    pub id: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs (see [`crate::initramfs`]).
+    pub initrd: PathBuf,
+    /// Extra kernel command-line arguments, appended after the built-in ones.
+    pub cmdline: Vec<String>,
+    /// virtio-blk disks, in /dev/vda, /dev/vdb ... order.
+    pub disks: Vec<Disk>,
+    /// Per-VM directory for sockets and logs (created if missing). Keep it short:
+    /// unix socket paths inside it must fit in 107 bytes.
+    pub state_dir: PathBuf,
+    /// Accelerator.
+    pub accel: Accel,
+    /// Guest vsock context id (each VM has its own backend, so 3 is fine for all).
+    pub guest_cid: u32,
+}
+
+impl VmConfig {
+    /// A config with defaults: 1 vCPU, 256 MiB, TCG, CID 3, no disks, no extra cmdline.
+    pub fn new(id: &str, kernel: &KernelAssets, initrd: &Path, state_dir: &Path) -> Self {
+        Self {
+            id: id.to_string(),
+            cpus: 1,
+            memory_mib: 256,
+            kernel: kernel.vmlinuz.clone(),
+            initrd: initrd.to_path_buf(),
+            cmdline: Vec::new(),
+            disks: Vec::new(),
+            state_dir: state_dir.to_path_buf(),
+            accel: Accel::Tcg,
+            guest_cid: 3,
+        }
+    }
+
+    /// Checks the values QEMU would otherwise reject with a less helpful message.
+    pub fn validate(&self) -> Result<()> {
+        if self.cpus == 0 || self.memory_mib < 32 {
+            bail!(
+                "VM {}: need at least 1 vCPU and 32 MiB (got {}, {})",
+                self.id,
+                self.cpus,
+                self.memory_mib
+            );
+        }
+        if self.guest_cid < 3 {
+            bail!(
+                "VM {}: guest CID must be >= 3 (got {})",
+                self.id,
+                self.guest_cid
+            );
+        }
+        for d in &self.disks {
+            let ok = (1..=20).contains(&d.id.len())
+                && d.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !ok {
+                bail!(
+                    "VM {}: disk id {:?} must be 1-20 chars of [A-Za-z0-9_.-]",
+                    self.id,
+                    d.id
+                );
+            }
+        }
+        if let Some(a) = self
+            .cmdline
+            .iter()
+            .find(|a| a.is_empty() || a.contains(char::is_whitespace))
+        {
+            bail!(
+                "VM {}: kernel argument {a:?} is empty or contains whitespace",
+                self.id
+            );
+        }
+        let longest = self.state_dir.join(format!("{VSOCK_SOCK}_{}", u32::MAX));
+        if longest.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "VM {}: state dir {} is too long for unix sockets (max {MAX_SOCKET_PATH} bytes for {})",
+                self.id,
+                self.state_dir.display(),
+                longest.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Errors from talking to a running VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The guest agent never answered during boot.
+    #[error(
+        "VM boot timed out: nothing accepted vsock port {port} within {timeout:?}\n\
+         --- last console lines ---\n{boot_log_tail}"
+    )]
+    BootTimeout {
+        port: u32,
+        timeout: Duration,
+        boot_log_tail: String,
+    },
+    /// A vsock connection could not be established in time.
+    #[error("vsock connect to guest port {port} timed out after {timeout:?}: {last_error}")]
+    ConnectTimeout {
+        port: u32,
+        timeout: Duration,
+        last_error: String,
+    },
+    /// QEMU exited (crash, guest reboot/poweroff, panic).
+    #[error(
+        "qemu exited ({status})\n--- qemu.log ---\n{qemu_log}\n--- last console lines ---\n{console_tail}"
+    )]
+    QemuExited {
+        status: ExitStatus,
+        qemu_log: String,
+        console_tail: String,
+    },
+    /// The vsock backend exited while the VM was running.
+    #[error("vhost-device-vsock exited ({status})\n--- vhost-vsock.log ---\n{log}")]
+    BackendExited { status: ExitStatus, log: String },
+    /// Any other I/O failure.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A running VM. Object-safe so runtimes can be tested with fakes.
+pub trait Vm: Send + Sync {
+    /// The config id.
+    fn id(&self) -> &str;
+    /// QEMU's pid.
+    fn pid(&self) -> u32;
+    /// The per-VM state directory.
+    fn state_dir(&self) -> &Path;
+    /// Path of the guest serial console log.
+    fn console_log(&self) -> PathBuf {
+        self.state_dir().join(CONSOLE_LOG)
+    }
+    /// Path of QEMU's stderr log.
+    fn qemu_log(&self) -> PathBuf {
+        self.state_dir().join(QEMU_LOG)
+    }
+    /// QEMU's exit status if it has exited (non-blocking).
+    fn exit_status(&self) -> Option<ExitStatus>;
+    /// Connects to guest vsock `port`, retrying until `timeout`; fails at once if the
+    /// VM dies. The returned stream carries only guest data.
+    fn connect(&self, port: u32, timeout: Duration) -> BoxFuture<'_, Result<UnixStream, VmError>>;
+    /// Listens for guest connections to host vsock `port` (CID 2). Needs a tokio runtime.
+    fn listen(&self, port: u32) -> io::Result<UnixListener>;
+    /// Waits for QEMU to exit (then stops the vsock backend).
+    fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus>>;
+    /// SIGKILLs QEMU and the backend and reaps both.
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
+    /// The last `lines` lines of the console log.
+    fn boot_log_tail(&self, lines: usize) -> String {
+        tail_lines(&self.console_log(), lines)
+    }
+}
+
+/// Starts VMs.
+pub trait VmProvider: Send + Sync {
+    /// Starts a VM; returns once its processes are running (not once it has booted).
+    fn start(&self, cfg: VmConfig) -> BoxFuture<'_, Result<Box<dyn Vm>>>;
+}
+
+/// Waits until the guest accepts a vsock connection on `port` (the agent is up).
+/// Times out with [`VmError::BootTimeout`] carrying the last 30 console lines, or
+/// fails early with [`VmError::QemuExited`] if QEMU dies first.
+pub async fn wait_for_agent(
+    vm: &dyn Vm,
+    port: u32,
+    timeout: Duration,
+) -> Result<UnixStream, VmError> {
+    match vm.connect(port, timeout).await {
+        Err(VmError::ConnectTimeout { .. }) => Err(VmError::BootTimeout {
+            port,
+            timeout,
+            boot_log_tail: vm.boot_log_tail(30),
+        }),
+        other => other,
+    }
+}
+
+/// Last `n` lines of a (possibly large, possibly missing) log file.
+pub fn tail_lines(path: &Path, n: usize) -> String {
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > MAX && f.seek(SeekFrom::Start(len - MAX)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(MAX).read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).replace('\r', "");
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Finds an executable: `$env_var` if set, else `name` on `PATH`, else in `extra` dirs.
+fn find_binary(env_var: &str, name: &str, extra: &[PathBuf]) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env_var).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().cloned())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .with_context(|| {
+            format!("{name} not found on PATH (set {env_var}, or run scripts/install-deps.sh)")
+        })
+}
+
+/// Starts QEMU microvms with a `vhost-device-vsock` backend each.
+#[derive(Debug, Clone)]
+pub struct QemuProvider {
+    /// `qemu-system-x86_64` binary.
+    pub qemu: PathBuf,
+    /// `vhost-device-vsock` binary.
+    pub vsock_backend: PathBuf,
+    /// Host TSC kHz for the guest command line (see [`host_tsc_khz`]).
+    pub tsc_khz: Option<u64>,
+}
+
+impl QemuProvider {
+    /// Locates QEMU (`$APEX_QEMU` or PATH) and the backend (`$APEX_VHOST_VSOCK`, PATH
+    /// or `~/.cargo/bin`), and reads the host TSC frequency.
+    pub fn new() -> Result<Self> {
+        let mut extra = Vec::new();
+        if let Some(h) = std::env::var_os("CARGO_HOME") {
+            extra.push(PathBuf::from(h).join("bin"));
+        }
+        if let Some(h) = std::env::var_os("HOME") {
+            extra.push(PathBuf::from(h).join(".cargo/bin"));
+        }
+        Ok(Self {
+            qemu: find_binary("APEX_QEMU", "qemu-system-x86_64", &[])?,
+            vsock_backend: find_binary("APEX_VHOST_VSOCK", "vhost-device-vsock", &extra)?,
+            tsc_khz: host_tsc_khz(),
+        })
+    }
+
+    /// First line of `qemu --version` (cache key for the accelerator probe).
+    pub fn qemu_version(&self) -> Result<String> {
+        let out = Command::new(&self.qemu)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} --version", self.qemu.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.lines().next().unwrap_or_default().trim().to_string())
+    }
+
+    /// Starts the backend, waits for its socket, then starts QEMU.
+    pub async fn start_vm(&self, cfg: VmConfig) -> Result<QemuVm> {
+        cfg.validate()?;
+        let dir = &cfg.state_dir;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for stale in [VHOST_SOCK, VSOCK_SOCK, CONSOLE_LOG] {
+            match std::fs::remove_file(dir.join(stale)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing stale {stale}"))
+                }
+                _ => {}
+            }
+        }
+
+        let backend_log = dir.join(BACKEND_LOG);
+        let log = File::create(&backend_log).context("creating backend log")?;
+        let mut cmd = Command::new(&self.vsock_backend);
+        cmd.arg("--guest-cid")
+            .arg(cfg.guest_cid.to_string())
+            .arg("--socket")
+            .arg(dir.join(VHOST_SOCK))
+            .arg("--uds-path")
+            .arg(dir.join(VSOCK_SOCK))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let backend = spawn_guarded(cmd)
+            .with_context(|| format!("starting {}", self.vsock_backend.display()))?;
+        let t0 = Instant::now();
+        while !dir.join(VHOST_SOCK).exists() {
+            if let Some(status) = backend.try_status() {
+                bail!(
+                    "vhost-device-vsock exited ({status}):\n{}",
+                    tail_lines(&backend_log, 30)
+                );
+            }
+            if t0.elapsed() > BACKEND_READY_TIMEOUT {
+                bail!(
+                    "vhost-device-vsock did not create {} within {BACKEND_READY_TIMEOUT:?}:\n{}",
+                    dir.join(VHOST_SOCK).display(),
+                    tail_lines(&backend_log, 30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let qlog = File::create(dir.join(QEMU_LOG)).context("creating qemu.log")?;
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(qemu_args(&cfg, self.tsc_khz))
+            .stdin(Stdio::null())
+            .stdout(qlog.try_clone()?)
+            .stderr(qlog);
+        let qemu =
+            spawn_guarded(cmd).with_context(|| format!("starting {}", self.qemu.display()))?;
+        Ok(QemuVm {
+            id: cfg.id,
+            state_dir: cfg.state_dir,
+            qemu,
+            backend,
+        })
+    }
+}
+
+impl VmProvider for QemuProvider {
+    fn start(&self, cfg: VmConfig) -> BoxFuture<'_, Result<Box<dyn Vm>>> {
+        Box::pin(async move { Ok(Box::new(self.start_vm(cfg).await?) as Box<dyn Vm>) })
+    }
+}
+
+/// A running QEMU VM. Dropping it SIGKILLs and reaps QEMU and the backend.
+pub struct QemuVm {
+    id: String,
+    state_dir: PathBuf,
+    // Field order matters: QEMU is killed (dropped) before its backend.
+    qemu: Guarded,
+    backend: Guarded,
+}
+
+impl QemuVm {
+    /// The vsock backend's pid.
+    pub fn backend_pid(&self) -> u32 {
+        self.backend.pid()
+    }
+
+    fn death_error(&self) -> Option<VmError> {
+        if let Some(status) = self.qemu.try_status() {
+            return Some(VmError::QemuExited {
+                status,
+                qemu_log: tail_lines(&self.qemu_log(), 50),
+                console_tail: self.boot_log_tail(30),
+            });
+        }
+        self.backend
+            .try_status()
+            .map(|status| VmError::BackendExited {
+                status,
+                log: tail_lines(&self.state_dir.join(BACKEND_LOG), 30),
+            })
+    }
+
+    fn remove_sockets(&self) {
+        for s in [VHOST_SOCK, VSOCK_SOCK] {
+            let _ = std::fs::remove_file(self.state_dir.join(s));
+        }
+    }
+}
+
+impl Vm for QemuVm {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn exit_status(&self) -> Option<ExitStatus> {
+        self.qemu.try_status()
+    }
+
+    fn connect(&self, port: u32, timeout: Duration) -> BoxFuture<'_, Result<UnixStream, VmError>> {
+        let uds = self.state_dir.join(VSOCK_SOCK);
+        Box::pin(
+            async move { vsock::connect_retry(&uds, port, timeout, || self.death_error()).await },
+        )
+    }
+
+    fn listen(&self, port: u32) -> io::Result<UnixListener> {
+        let path = self.state_dir.join(format!("{VSOCK_SOCK}_{port}"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        UnixListener::bind(path)
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus>> {
+        Box::pin(async move {
+            let status = self.qemu.wait().await.context("waiting for qemu")?;
+            self.backend.kill_and_reap();
+            self.remove_sockets();
+            Ok(status)
+        })
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.qemu.kill_and_reap();
+            self.backend.kill_and_reap();
+            self.remove_sockets();
+        })
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        self.qemu.kill_and_reap();
+        self.backend.kill_and_reap();
+        self.remove_sockets();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(state: &str) -> VmConfig {
+        let k = KernelAssets {
+            vmlinuz: "/k".into(),
+            modules_root: "/m".into(),
+            version: "v".into(),
+        };
+        VmConfig::new("t", &k, Path::new("/i"), Path::new(state))
+    }
+
+    #[test]
+    fn validation() {
+        assert!(cfg("/tmp/x").validate().is_ok());
+        let long = format!("/tmp/{}", "a".repeat(100));
+        assert!(cfg(&long)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("too long"));
+        let mut c = cfg("/tmp/x");
+        c.disks.push(Disk {
+            path: "/d".into(),
+            read_only: true,
+            id: "bad,id".into(),
+        });
+        assert!(c.validate().is_err());
+        let mut c = cfg("/tmp/x");
+        c.cmdline.push("a b".into());
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        assert_eq!(tail_lines(&p, 3), "");
+        std::fs::write(&p, "1\r\n2\r\n3\r\n4\r\n").unwrap();
+        assert_eq!(tail_lines(&p, 2), "3\n4");
+        assert_eq!(tail_lines(&p, 10), "1\n2\n3\n4");
+    }
+}

@@ -1,0 +1,405 @@
+//! `apex run` end to end: real QEMU VMs (TCG here), the real guest init, images from a
+//! real registry.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apex_e2e::apex::{ApexHome, RunOutput};
+use apex_e2e::images::{self, Compression};
+use apex_e2e::registry::{Registry, RegistryAuth};
+use apex_e2e::skopeo;
+
+/// A registry holding the busybox image and an Apex home that has pulled it.
+struct Env {
+    _reg: Registry,
+    home: ApexHome,
+    image: String,
+    _tmp: tempfile::TempDir,
+}
+
+fn env() -> Env {
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = images::busybox(&tmp.path().join("bb"), "latest", Compression::Gzip).unwrap();
+    let image = format!("{}/busybox:latest", reg.host());
+    skopeo::push(&layout, "latest", &image, None).unwrap();
+    let home = ApexHome::new();
+    home.run(&["image", "pull", "-q", &image]).assert_ok();
+    Env {
+        _reg: reg,
+        home,
+        image,
+        _tmp: tmp,
+    }
+}
+
+/// Runs `apex` with a deadline so a hung VM fails the test instead of hanging CI.
+fn run_with(home: &ApexHome, args: &[&str], stdin: Option<&[u8]>) -> RunOutput {
+    let mut cmd = home.cmd();
+    cmd.args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("spawn apex");
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let out = wait_deadline(child, Duration::from_secs(180));
+    RunOutput::of(&cmd, Ok(out))
+}
+
+fn wait_deadline(mut child: Child, limit: Duration) -> std::process::Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() || start.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// No process mentions this home (QEMU and its backends carry the VM state dir in their
+/// arguments) and no VM state is left.
+fn assert_clean(home: &ApexHome) {
+    let needle = home.path().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leftovers: Vec<String> = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+            .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&needle))
+            .collect();
+        if leftovers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left running: {leftovers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let vms = home.path().join("vms");
+    let left = fs::read_dir(&vms).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "VM state left in {}", vms.display());
+}
+
+#[test]
+fn output_exit_codes_env_workdir_user_and_stdin() {
+    let e = env();
+    let h = &e.home;
+    let out = run_with(
+        h,
+        &["run", "--rm", &e.image, "echo", "hello", "world"],
+        None,
+    );
+    out.assert_ok();
+    assert_eq!(out.stdout, "hello world\n");
+
+    let out = run_with(
+        h,
+        &[
+            "run",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert_eq!(out.stdout, "out\n");
+    assert!(out.stderr.contains("err"), "{}", out.stderr);
+
+    let envfile = e._tmp.path().join("env.list");
+    fs::write(&envfile, "# comment\nFROM_FILE=f\nBAR=file\n").unwrap();
+    let out = run_with(
+        h,
+        &[
+            "run",
+            "--rm",
+            "-e",
+            "FOO=bar",
+            "-e",
+            "BAR=flag",
+            "--env-file",
+            envfile.to_str().unwrap(),
+            "-w",
+            "/work/dir",
+            "-u",
+            "apex",
+            &e.image,
+            "sh",
+            "-c",
+            "echo $FOO $BAR $FROM_FILE; pwd; id -u; id -g; echo $HOME; hostname",
+        ],
+        None,
+    );
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[..5],
+        ["bar flag f", "/work/dir", "1000", "1000", "/home/apex"],
+        "{}",
+        out.stdout
+    );
+    assert!(!lines[5].is_empty());
+
+    let out = run_with(h, &["run", "--rm", "-u", "1234:5678", &e.image, "id"], None);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("uid=1234") && out.stdout.contains("gid=5678"),
+        "{}",
+        out.stdout
+    );
+
+    let data = b"line one\nline two\n".repeat(1000);
+    let out = run_with(h, &["run", "--rm", "-i", &e.image, "cat"], Some(&data));
+    out.assert_ok();
+    assert_eq!(out.stdout.as_bytes(), &data[..]);
+
+    let out = run_with(
+        h,
+        &["run", "--rm", "--name", "named-box", &e.image, "hostname"],
+        None,
+    );
+    out.assert_ok();
+    assert_eq!(out.stdout.trim(), "named-box");
+    assert_clean(h);
+}
+
+#[test]
+fn start_failures_have_docker_exit_codes() {
+    let e = env();
+    let out = run_with(&e.home, &["run", "--rm", &e.image, "no-such-command"], None);
+    assert_eq!(out.code, Some(127), "{out:?}");
+    assert!(out.stderr.contains("no-such-command"), "{}", out.stderr);
+
+    let out = run_with(
+        &e.home,
+        &["run", "--rm", "-u", "ghost", &e.image, "true"],
+        None,
+    );
+    assert_eq!(out.code, Some(126), "{out:?}");
+    assert!(out.stderr.contains("ghost"), "{}", out.stderr);
+
+    let out = run_with(&e.home, &["run", "--rm", &e.image, "/etc/passwd"], None);
+    assert_eq!(out.code, Some(126), "{out:?}");
+
+    // An image whose entrypoint does not exist.
+    let reg = Registry::start(RegistryAuth::None).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let base = images::busybox(t.path(), "x", Compression::Gzip).unwrap();
+    let broken = images::with_config(&base, |c| {
+        c["config"]["Entrypoint"] = serde_json::json!(["/missing/entry"]);
+    })
+    .unwrap();
+    let name = format!("{}/broken:x", reg.host());
+    skopeo::push(&broken, "x", &name, None).unwrap();
+    // Not pulled yet: run pulls it.
+    let out = run_with(&e.home, &["run", "--rm", "-q", &name], None);
+    assert_eq!(out.code, Some(127), "{out:?}");
+    assert!(out.stderr.contains("/missing/entry"), "{}", out.stderr);
+
+    let out = run_with(&e.home, &["run", "--rm", "-q", "127.0.0.1:9/nothing"], None);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("cannot reach registry"),
+        "{}",
+        out.stderr
+    );
+    assert_clean(&e.home);
+}
+
+#[test]
+fn signals_are_forwarded_to_the_container() {
+    let e = env();
+    let mut cmd = e.home.cmd();
+    cmd.args([
+        "run",
+        "--rm",
+        &e.image,
+        "sh",
+        "-c",
+        "echo started; exec sleep 300",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = wait_deadline(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(143), "{out:?}");
+    assert_clean(&e.home);
+}
+
+#[test]
+fn two_containers_are_isolated() {
+    let e = env();
+    let spawn = |script: &str| {
+        let mut cmd = e.home.cmd();
+        cmd.args(["run", "--rm", &e.image, "sh", "-c", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let a = spawn(
+        "echo secret > /tmp/a-only; sleep 3; cat /tmp/a-only; ps -o pid,args | grep -c 'sleep 3'",
+    );
+    let b = spawn("sleep 1; test -e /tmp/a-only && echo LEAK || echo isolated; ps -o args | grep -c 'sleep 3'");
+    let oa = wait_deadline(a, Duration::from_secs(180));
+    let ob = wait_deadline(b, Duration::from_secs(180));
+    let (sa, sb) = (
+        String::from_utf8_lossy(&oa.stdout),
+        String::from_utf8_lossy(&ob.stdout),
+    );
+    assert!(oa.status.success(), "{oa:?}");
+    assert!(ob.status.success(), "{ob:?}");
+    assert!(sa.starts_with("secret\n"), "{sa}");
+    assert!(sb.starts_with("isolated\n"), "{sb}");
+    // B never sees A's `sleep 3` (only its own grep matches the pattern).
+    assert_eq!(sb.lines().nth(1), Some("1"), "{sb}");
+    assert_clean(&e.home);
+}
+
+#[test]
+fn tty_session_through_a_pseudo_terminal() {
+    let e = env();
+    let master =
+        rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+            .unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave_path = name.to_str().unwrap().to_string();
+    let ws = rustix::termios::Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .unwrap();
+    rustix::termios::tcsetwinsize(slave.as_fd(), ws).unwrap();
+    let mut cmd = e.home.cmd();
+    cmd.args(["run", "--rm", "-it", &e.image, "sh"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave);
+    let child = cmd.spawn().unwrap();
+    let mut master = fs::File::from(master);
+    let screen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let screen = screen.clone();
+        let mut m = master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = m.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                screen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let s = String::from_utf8_lossy(&screen.lock().unwrap()).into_owned();
+            if s.contains(needle) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} on screen: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The shell prompt appears once the VM is up.
+    wait_for("# ");
+    master
+        .write_all(b"tty; stty size; echo $((6*7))x\r")
+        .unwrap();
+    let s = wait_for("42x");
+    assert!(s.contains("/dev/pts/"), "{s}");
+    assert!(s.contains("33 101"), "terminal size not forwarded: {s}");
+    master.write_all(b"exit 5\r").unwrap();
+    let out = wait_deadline(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(5));
+    drop(master);
+    let _ = reader.join();
+    assert_clean(&e.home);
+}
+
+#[test]
+fn a_vm_that_never_boots_times_out_with_its_boot_log() {
+    let e = env();
+    // busybox as /init runs busybox's own init: the kernel boots, but no agent ever listens.
+    let mut cmd = e.home.cmd();
+    cmd.env("APEX_INIT", "/bin/busybox").args([
+        "run",
+        "--rm",
+        "--boot-timeout",
+        "8",
+        &e.image,
+        "true",
+    ]);
+    let res = cmd.output();
+    let out = RunOutput::of(&cmd, res);
+    assert_eq!(out.code, Some(125), "{out:?}");
+    assert!(
+        out.stderr.contains("did not answer")
+            || out.stderr.contains("timed out")
+            || out.stderr.contains("timeout"),
+        "{}",
+        out.stderr
+    );
+    // The error carries the tail of the console: kernel messages.
+    assert!(
+        out.stderr.contains("Linux version")
+            || out.stderr.contains("Run /init")
+            || out.stderr.contains("Freeing"),
+        "{}",
+        out.stderr
+    );
+    assert_clean(&e.home);
+}
+
+#[test]
+fn boot_log_is_available() {
+    let e = env();
+    let out = run_with(
+        &e.home,
+        &["run", "--rm", "--boot-log", &e.image, "true"],
+        None,
+    );
+    out.assert_ok();
+    assert!(out.stderr.contains("apex-init"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Linux version") || out.stderr.contains("Run /init"),
+        "{}",
+        out.stderr
+    );
+    assert_clean(&e.home);
+}
