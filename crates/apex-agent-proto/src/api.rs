@@ -381,6 +381,13 @@ pub struct User {
     /// Supplementary group ids.
     #[serde(default)]
     pub additional_gids: Vec<u32>,
+    /// Docker `-u` syntax (`name`, `uid`, `name:group`, `uid:gid`), resolved by the guest
+    /// against the container's `/etc/passwd` and `/etc/group`. When present it replaces `uid`
+    /// and `gid` (and adds the user's groups from `/etc/group`, when no group is given);
+    /// `additional_gids` are still added. An unknown name fails the start with
+    /// `PROCESS_START_FAILED` (exit code 126).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 
 /// One resource limit.
@@ -490,6 +497,7 @@ mod tests {
                 uid: 1000,
                 gid: 1000,
                 additional_gids: vec![10, 20],
+                spec: None,
             },
             terminal: false,
             stdin_port: Some(2000),
@@ -665,6 +673,20 @@ mod tests {
         assert!(
             matches!(c, Ok(Call::Mount(Mount { ref flags, data: None, .. })) if flags.is_empty())
         );
+    }
+
+    #[test]
+    fn user_spec_is_optional_on_the_wire() {
+        let u: User = serde_json::from_value(json!({"uid": 1, "gid": 2})).unwrap();
+        assert_eq!(u.spec, None);
+        assert_eq!(serde_json::to_value(&u).unwrap().get("spec"), None);
+        let u = User {
+            spec: Some("apex:staff".into()),
+            ..User::default()
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(v["spec"], "apex:staff");
+        assert_eq!(serde_json::from_value::<User>(v).unwrap(), u);
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! The PID 1 boot sequence: pseudo filesystems, kernel parameters, loopback, hostname,
+//! modules, the image rootfs with a tmpfs overlay, and the container root's mounts.
+//! Every step is logged with its duration; failures are logged and the boot goes on, so
+//! the agent comes up and the host can see what went wrong.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cmdline::BootParams;
+use crate::log::step;
+use crate::mounts::{mkdir_p, setup_container_root, write_etc_files};
+use crate::{modules, net, sys};
+
+/// Read-only image rootfs mount point.
+pub const LOWER: &str = "/run/apex/lower";
+/// tmpfs holding the overlay's `upper/` and `work/`.
+pub const RW: &str = "/run/apex/rw";
+/// The container root (overlay of the two).
+pub const ROOT: &str = "/run/apex/root";
+/// Hostname when the command line sets none.
+pub const DEFAULT_HOSTNAME: &str = "apex";
+
+/// What the boot produced.
+pub struct Booted {
+    /// The container root.
+    pub root: PathBuf,
+    /// Mount points to unmount at shutdown, innermost last.
+    pub mounts: Vec<PathBuf>,
+}
+
+fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
+    mkdir_p(Path::new(target), 0o755)?;
+    match sys::mount(source, Path::new(target), fstype, flags, data) {
+        // Already mounted (e.g. devtmpfs automounted by the kernel).
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs the boot sequence.
+pub fn boot() -> Booted {
+    let t0 = Instant::now();
+    let common = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // /dev first, so that the console can be opened if the kernel found none.
+    let dev_ok = mount_at(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        libc::MS_NOSUID,
+        Some("mode=0755"),
+    );
+    sys::ensure_std_fds();
+    crate::info!("starting (version {})", env!("CARGO_PKG_VERSION"));
+    if let Err(e) = dev_ok {
+        crate::info!("mount /dev: FAILED: {e}");
+    }
+    step("mount /proc", || {
+        mount_at("proc", "/proc", "proc", common, None)
+    });
+    step("mount /sys", || {
+        mount_at("sysfs", "/sys", "sysfs", common, None)
+    });
+    step("mount /dev/pts", || {
+        mount_at(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        )
+    });
+    step("mount /dev/shm", || {
+        mount_at("shm", "/dev/shm", "tmpfs", common, Some("mode=1777"))
+    });
+    step("mount /run", || {
+        mount_at(
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755"),
+        )
+    });
+    step("mount /sys/fs/cgroup", || {
+        mount_at("cgroup2", "/sys/fs/cgroup", "cgroup2", common, None)
+    });
+
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let params = BootParams::parse(&cmdline);
+    crate::log::set_debug(params.debug);
+    crate::debug!("kernel command line: {}", cmdline.trim());
+
+    step("loopback up", || net::link_up("lo"));
+    let hostname = params
+        .hostname
+        .clone()
+        .unwrap_or_else(|| DEFAULT_HOSTNAME.into());
+    step(&format!("hostname {hostname}"), || {
+        net::set_hostname(&hostname)
+    });
+    step("load modules", || -> Result<String, String> {
+        let (ok, failed) = modules::load_all();
+        match failed {
+            0 => Ok(format!("{ok} loaded")),
+            n => Err(format!("{n} failed, {ok} loaded")),
+        }
+    });
+
+    let mut mounts = Vec::new();
+    match &params.root {
+        Some(dev) => {
+            if step(&format!("rootfs {dev} ({})", params.rootfstype), || {
+                mount_rootfs(dev, &params.rootfstype)
+            })
+            .is_some()
+            {
+                mounts.extend([LOWER, RW, ROOT].map(PathBuf::from));
+            }
+        }
+        None => {
+            crate::info!("no apex.root= on the command line: empty container root");
+            let _ = mkdir_p(Path::new(ROOT), 0o755);
+        }
+    }
+    mounts.extend(setup_container_root(Path::new(ROOT)));
+    step("container /etc/hostname and /etc/hosts", || {
+        write_etc_files(Path::new(ROOT), &hostname)
+    });
+    crate::info!("boot done in {:.1} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    Booted {
+        root: PathBuf::from(ROOT),
+        mounts,
+    }
+}
+
+/// Waits for `dev` to appear (virtio probing may lag module loading), then mounts it
+/// read-only at [`LOWER`], a tmpfs at [`RW`] and the overlay at [`ROOT`].
+fn mount_rootfs(dev: &str, fstype: &str) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Path::new(dev).exists() {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{dev} did not appear"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    mount_at(dev, LOWER, fstype, libc::MS_RDONLY, None)
+        .map_err(|e| io::Error::new(e.kind(), format!("mount {dev} on {LOWER}: {e}")))?;
+    mount_at("tmpfs", RW, "tmpfs", 0, Some("mode=0755,size=50%"))
+        .map_err(|e| io::Error::new(e.kind(), format!("mount tmpfs on {RW}: {e}")))?;
+    mkdir_p(&Path::new(RW).join("upper"), 0o755)?;
+    mkdir_p(&Path::new(RW).join("work"), 0o755)?;
+    let data = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
+    mount_at("overlay", ROOT, "overlay", 0, Some(&data))
+        .map_err(|e| io::Error::new(e.kind(), format!("mount overlay on {ROOT}: {e}")))
+}

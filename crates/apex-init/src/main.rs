@@ -1,0 +1,5 @@
+//! apex-init binary; see the library docs.
+
+fn main() {
+    apex_init::main()
+}
