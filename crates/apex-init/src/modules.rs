@@ -17,8 +17,27 @@ const MODULE_INIT_COMPRESSED_FILE: libc::c_uint = 4;
 pub fn parse_load_order(text: &str) -> Vec<&str> {
     text.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('@'))
         .collect()
+}
+
+/// The paths of on-demand group `group` (lines `@<group> <path>`), in order.
+pub fn parse_group<'a>(text: &'a str, group: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix('@'))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(g, _)| *g == group)
+        .map(|(_, p)| p.trim())
+        .collect()
+}
+
+/// Loads an on-demand module group (e.g. `net` before configuring interfaces).
+pub fn load_group(group: &str) -> io::Result<()> {
+    let text = std::fs::read_to_string(LOAD_ORDER)?;
+    for path in parse_group(&text, group) {
+        load(Path::new(path))?;
+    }
+    Ok(())
 }
 
 /// Loads one module with finit_module(2); an already loaded module is not an error.
@@ -87,6 +106,15 @@ pub fn load_all() -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_demand_groups_are_skipped_at_boot() {
+        let text = "/a.ko\n@net /f.ko\n/b.ko\n@net /n.ko\n@virtiofs /v.ko\n";
+        assert_eq!(parse_load_order(text), ["/a.ko", "/b.ko"]);
+        assert_eq!(parse_group(text, "net"), ["/f.ko", "/n.ko"]);
+        assert_eq!(parse_group(text, "virtiofs"), ["/v.ko"]);
+        assert!(parse_group(text, "nope").is_empty());
+    }
 
     #[test]
     fn load_order_lines() {

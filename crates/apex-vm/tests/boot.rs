@@ -70,7 +70,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo APEX-TEST-BOOT-OK
-while read -r m; do
+while read -r a b; do
+  m=${b:-$a}  # on-demand lines read "@group path": load those too
   insmod "$m" 2>/tmp/err || echo "MODULE-FAIL $m $(cat /tmp/err)"
 done < /lib/modules/load-order
 echo "MODULES-LOADED $(wc -l < /proc/modules)"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests) for containers-as-VMs, all in one run:
+#   `apex run --rm busybox true` wall time vs the bare lower bound (same QEMU, kernel and
+#   devices, an init that powers off at once), boot-to-agent time, and host memory per
+#   idle container VM. Usage: scripts/bench-run.sh [runs]   (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+cargo build --release --quiet -p apex-cli -p apex-e2e
+cargo build --release --quiet -p apex-runtime --example vm-bench
+bash scripts/build-guest.sh release
+bin=target/release
+work=$(mktemp -d)
+reg_pid=
+cleanup() { [[ -n $reg_pid ]] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+export APEX_HOME=$work/home
+
+coproc REG { exec "$bin/apex-fixtures" registry; }
+reg_pid=$REG_PID
+read -r host <&"${REG[0]}"
+"$bin/apex-fixtures" busybox "$work/layout" latest >/dev/null
+skopeo copy --quiet --insecure-policy --dest-tls-verify=false "oci:$work/layout:latest" "docker://$host/busybox:latest"
+"$bin/apex" image pull -q "$host/busybox:latest" >/dev/null
+rootfs=$("$bin/apex" image inspect "$host/busybox:latest" | jq -r '.[0].RootfsImage')
+"$bin/apex" run --rm "$host/busybox:latest" true   # warm caches (initramfs, accel probe)
+
+now() { date +%s.%N; }
+times=()
+for _ in $(seq "$runs"); do
+  t0=$(now); "$bin/apex" run --rm "$host/busybox:latest" true; t1=$(now)
+  times+=("$(echo "$t1 - $t0" | bc)")
+done
+run_t=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+
+declare -A m
+while read -r k v; do m[$k]=$v; done < <("$bin/examples/vm-bench" --rootfs "$rootfs" --runs "$runs")
+accel=$(jq -r .accel /var/cache/apex/accel.json 2>/dev/null || echo "?")
+printf 'accelerator: %s; %s runs each, medians\n' "$accel" "$runs"
+printf 'bare lower bound (qemu+kernel+poweroff init): %6.3f s\n' "${m[bare_boot_s]}"
+printf 'apex run --rm busybox true:                   %6.3f s  (ratio %.2f, overhead %+.0f%%)\n' \
+  "$run_t" "$(echo "scale=4; $run_t/${m[bare_boot_s]}" | bc)" "$(echo "scale=4; ($run_t/${m[bare_boot_s]}-1)*100" | bc)"
+printf 'boot to agent ready (apex-init answers ping):  %6.3f s\n' "${m[boot_to_agent_s]}"
+printf 'agent shutdown to qemu exit:                   %6.3f s\n' "${m[agent_shutdown_s]}"
+printf 'idle memory per container VM (%s VMs): qemu %s MiB + vsock backend %s MiB RSS (guest uses %s MiB)\n' \
+  "${m[idle_vms]}" "${m[qemu_rss_mib_per_vm]}" "${m[backend_rss_mib_per_vm]}" "${m[guest_used_mib]}"
