@@ -405,3 +405,103 @@ fn boot_log_is_available() {
     );
     assert_clean(&e.home);
 }
+
+/// Pids of processes whose command line mentions `needle` and `what`.
+fn pids_of(needle: &str, what: &str) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains(needle) && c.contains(what)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn kill9(pid: i32) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+}
+
+#[test]
+fn crashes_and_interrupts_leave_nothing_behind() {
+    let e = env();
+    let home = e.home.path().to_string_lossy().into_owned();
+    let spawn_sleeper = || {
+        let mut cmd = e.home.cmd();
+        cmd.args([
+            "run",
+            "--rm",
+            &e.image,
+            "sh",
+            "-c",
+            "echo up; exec sleep 300",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+
+    // The VM crashes (QEMU killed): the container ends with a reason, apex exits 125.
+    let mut child = spawn_sleeper();
+    let mut up = [0u8; 3];
+    child.stdout.take().unwrap().read_exact(&mut up).unwrap();
+    let qemu = pids_of(&home, "qemu-system");
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    kill9(qemu[0]);
+    let out = wait_deadline(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lost connection to the guest agent"), "{err}");
+    assert_clean(&e.home);
+
+    // Ctrl-C while the VM boots: exit 130, VM and state gone.
+    let child = {
+        let mut cmd = e.home.cmd();
+        cmd.args(["run", "--rm", &e.image, "true"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pids_of(&home, "qemu-system").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = wait_deadline(child, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert_clean(&e.home);
+
+    // kill -9 of apex itself: QEMU and the backend die with it; the next run sweeps the
+    // stale state directory.
+    let mut child = spawn_sleeper();
+    let mut up = [0u8; 3];
+    child.stdout.take().unwrap().read_exact(&mut up).unwrap();
+    kill9(child.id() as i32);
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pids_of(&home, "qemu-system").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        pids_of(&home, "qemu-system").is_empty(),
+        "QEMU outlived apex"
+    );
+    assert!(
+        pids_of(&home, "vhost-device-vsock").is_empty(),
+        "backend outlived apex"
+    );
+    run_with(&e.home, &["run", "--rm", &e.image, "true"], None).assert_ok();
+    assert_clean(&e.home);
+}

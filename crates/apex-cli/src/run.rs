@@ -147,15 +147,23 @@ pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
         bail!("the input device is not a TTY: drop -t, or run from a terminal");
     }
 
-    let sandbox = Sandbox::boot(SandboxConfig {
+    let boot = Sandbox::boot(SandboxConfig {
         home: home.to_path_buf(),
         rootfs,
         hostname,
         cpus: a.cpus,
         memory_mib: a.memory,
         boot_timeout: Duration::from_secs(a.boot_timeout),
-    })
-    .await?;
+    });
+    // Ctrl-C or SIGTERM while booting: dropping the boot future kills the VM and removes
+    // its state.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let sandbox = tokio::select! {
+        s = boot => s?,
+        _ = int.recv() => return Ok(ExitCode::from(130)),
+        _ = term.recv() => return Ok(ExitCode::from(143)),
+    };
     let code = attach(&sandbox, &pspec, a.interactive).await;
     if a.boot_log {
         eprint!("{}", sandbox.boot_log());

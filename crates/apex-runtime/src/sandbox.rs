@@ -98,6 +98,45 @@ pub fn locate_init() -> Result<PathBuf> {
         .context("guest init (apex-init) not found: run scripts/build-guest.sh or set APEX_INIT")
 }
 
+/// File in a VM state dir naming the pid of the process that owns the VM.
+const OWNER_FILE: &str = "owner.pid";
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Removes VM state dirs whose owner process is gone (e.g. `kill -9` of `apex run`: its
+/// QEMU died with it through PDEATHSIG, but the directory stayed).
+pub fn sweep_stale(vms: &Path) {
+    let Ok(rd) = std::fs::read_dir(vms) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let owner = std::fs::read_to_string(e.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let alive = owner.is_some_and(|pid| {
+            rustix::process::Pid::from_raw(pid)
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+        });
+        // No owner file yet means a boot in progress; leave it unless it is old.
+        let young = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60))
+            .unwrap_or(true);
+        if !alive && !(owner.is_none() && young) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn short_id() -> String {
     let mut b = [0u8; 6];
     let _ = getrandom(&mut b);
@@ -121,10 +160,15 @@ impl Sandbox {
             let (init, kernel, cache) = (init.clone(), kernel.clone(), cache.clone());
             tokio::task::spawn_blocking(move || initramfs::build(&init, &kernel, &cache)).await??
         };
+        let vms = cfg.home.join("vms");
+        sweep_stale(&vms);
         let id = short_id();
-        let state_dir = cfg.home.join("vms").join(&id);
+        let state_dir = vms.join(&id);
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::write(state_dir.join(OWNER_FILE), std::process::id().to_string())?;
+        // Removes the state dir if boot fails or is abandoned (Ctrl-C drops this future).
+        let guard = RemoveOnDrop(Some(state_dir.clone()));
         let mut vm_cfg = VmConfig {
             id: id.clone(),
             cpus: cfg.cpus,
@@ -154,14 +198,10 @@ impl Sandbox {
             anyhow::Ok((vm, stream))
         }
         .await;
-        let (vm, stream) = match booted {
-            Ok(v) => v,
-            Err(e) => {
-                // The VM (if any) was dropped, which kills it; drop its state too.
-                let _ = std::fs::remove_dir_all(&state_dir);
-                return Err(e);
-            }
-        };
+        // On error the VM (if any) was dropped, which kills it; the guard drops its state.
+        let (vm, stream) = booted?;
+        let mut guard = guard;
+        guard.0 = None;
         let agent = AgentClient::new(stream);
         agent
             .ping()
