@@ -131,7 +131,8 @@ pub fn sweep_stale(vms: &Path) {
             .and_then(|m| m.modified())
             .map(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60))
             .unwrap_or(true);
-        if !alive && !(owner.is_none() && young) {
+        let booting = owner.is_none() && young;
+        if !alive && !booting {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
