@@ -224,9 +224,9 @@ fn start_failures_have_docker_exit_codes() {
     assert_clean(&e.home);
 }
 
-#[test]
-fn signals_are_forwarded_to_the_container() {
-    let e = env();
+/// Starts `apex run IMAGE sh -c 'echo up; exec sleep 300'` and returns once the container
+/// process is running.
+fn start_sleeper(e: &Env) -> Child {
     let mut cmd = e.home.cmd();
     cmd.args([
         "run",
@@ -234,15 +234,21 @@ fn signals_are_forwarded_to_the_container() {
         &e.image,
         "sh",
         "-c",
-        "echo started; exec sleep 300",
+        "echo up; exec sleep 300",
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 8];
-    stdout.read_exact(&mut first).unwrap();
-    assert_eq!(&first, b"started\n");
+    let mut up = [0u8; 3];
+    child.stdout.as_mut().unwrap().read_exact(&mut up).unwrap();
+    assert_eq!(&up, b"up\n");
+    child
+}
+
+#[test]
+fn signals_are_forwarded_to_the_container() {
+    let e = env();
+    let child = start_sleeper(&e);
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
         rustix::process::Signal::TERM,
@@ -434,25 +440,9 @@ fn kill9(pid: i32) {
 fn crashes_and_interrupts_leave_nothing_behind() {
     let e = env();
     let home = e.home.path().to_string_lossy().into_owned();
-    let spawn_sleeper = || {
-        let mut cmd = e.home.cmd();
-        cmd.args([
-            "run",
-            "--rm",
-            &e.image,
-            "sh",
-            "-c",
-            "echo up; exec sleep 300",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        cmd.spawn().unwrap()
-    };
 
     // The VM crashes (QEMU killed): the container ends with a reason, apex exits 125.
-    let mut child = spawn_sleeper();
-    let mut up = [0u8; 3];
-    child.stdout.take().unwrap().read_exact(&mut up).unwrap();
+    let child = start_sleeper(&e);
     let qemu = pids_of(&home, "qemu-system");
     assert_eq!(qemu.len(), 1, "{qemu:?}");
     kill9(qemu[0]);
@@ -485,9 +475,7 @@ fn crashes_and_interrupts_leave_nothing_behind() {
 
     // kill -9 of apex itself: QEMU and the backend die with it; the next run sweeps the
     // stale state directory.
-    let mut child = spawn_sleeper();
-    let mut up = [0u8; 3];
-    child.stdout.take().unwrap().read_exact(&mut up).unwrap();
+    let mut child = start_sleeper(&e);
     kill9(child.id() as i32);
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(10);
