@@ -748,6 +748,31 @@ mod tests {
     }
 
     #[test]
+    fn xattrs_and_modes_are_applied() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.apex", &b"test"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("f").unwrap();
+        h.set_mode(0o4755);
+        h.set_size(2);
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        apply_layer(t.path(), &b.into_inner().unwrap()[..]).unwrap();
+        let mut buf = [0u8; 16];
+        let n = rfs::getxattr(t.path().join("f"), "user.apex", &mut buf[..]);
+        match n {
+            Ok(n) => assert_eq!(&buf[..n], b"test"),
+            // Some test filesystems lack user xattrs; the unpack itself must still work.
+            Err(Errno::NOTSUP) => {}
+            Err(e) => panic!("getxattr: {e}"),
+        }
+        let mode = fs::metadata(t.path().join("f")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o4755);
+    }
+
+    #[test]
     fn bad_whiteout_names() {
         let t = tempfile::tempdir().unwrap();
         assert!(apply(t.path(), &[(".wh...", EntryType::Regular, b"")]).is_err());
