@@ -101,6 +101,7 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
 /// Runs the container; returns its exit code.
 pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
     let store = ImageStore::open(home)?;
+    tracing::debug!("resolving image");
     let rec = match store.resolve(&a.image) {
         Ok((rec, _)) => rec,
         Err(e)
@@ -165,10 +166,12 @@ pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
         _ = term.recv() => return Ok(ExitCode::from(143)),
     };
     let code = attach(&sandbox, &pspec, a.interactive).await;
+    tracing::debug!("container process ended");
     if a.boot_log {
         eprint!("{}", sandbox.boot_log());
     }
     sandbox.shutdown().await;
+    tracing::debug!("VM gone");
     code
 }
 

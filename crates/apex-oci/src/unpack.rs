@@ -768,7 +768,10 @@ mod tests {
             Err(Errno::NOTSUP) => {}
             Err(e) => panic!("getxattr: {e}"),
         }
-        let mode = fs::metadata(t.path().join("f")).unwrap().permissions().mode();
+        let mode = fs::metadata(t.path().join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o7777, 0o4755);
     }
 

@@ -152,6 +152,7 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
 impl Sandbox {
     /// Boots a VM for `cfg` and connects to its agent.
     pub async fn boot(cfg: SandboxConfig) -> Result<Sandbox> {
+        let t0 = std::time::Instant::now();
         let kernel = KernelAssets::locate()?;
         let init = locate_init()?;
         let cache = cache_dir();
@@ -190,11 +191,14 @@ impl Sandbox {
             accel: apex_vm::Accel::Tcg,
             guest_cid: 3,
         };
+        tracing::debug!(elapsed = ?t0.elapsed(), "assets and initramfs ready");
         let provider = QemuProvider::new()?;
         vm_cfg.accel =
             accel::select(&provider, &kernel, &vm_cfg, &cache, ACCEL_PROBE_TIMEOUT).await?;
+        tracing::debug!(elapsed = ?t0.elapsed(), accel = %vm_cfg.accel, "starting VM");
         let booted = async {
             let vm = provider.start(vm_cfg).await?;
+            tracing::debug!(elapsed = ?t0.elapsed(), "QEMU started");
             let stream = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout).await?;
             anyhow::Ok((vm, stream))
         }
@@ -208,6 +212,7 @@ impl Sandbox {
             .ping()
             .await
             .context("guest agent did not answer ping")?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "guest agent ready");
         Ok(Sandbox {
             vm,
             agent,
@@ -276,10 +281,12 @@ impl Sandbox {
             tokio::time::timeout(Duration::from_secs(30), accept).await
         });
         created?;
+        tracing::debug!(id, "process created, stdio connected");
         let (s_in, s_out, s_err) = streams
             .context("guest did not connect the process's stdio")?
             .context("accepting stdio connections")?;
         self.agent.start_process(&id).await?;
+        tracing::debug!(id, "process started");
         Ok(Process {
             id,
             stdin: s_in,
