@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the built-in default image: start a throwaway local registry, publish
-# the built-in busybox image to it (built offline from Debian's busybox-static), then
-# pull and list it with apex. Everything lives in a temp dir removed at exit.
+# the built-in busybox image to it (built offline from Debian's busybox-static), pull and
+# list it with apex, then run a container from it in its own VM. Everything lives in a
+# temp dir removed at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release}
@@ -22,3 +23,5 @@ echo "==> local registry at $host" >&2
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:latest" "docker://$host/library/busybox:latest"
 "$bin/apex" image pull "$host/library/busybox:latest"
 "$bin/apex" image ls
+echo "==> apex run --rm busybox (one VM for this container)" >&2
+"$bin/apex" run --rm "$host/library/busybox:latest" sh -c 'echo "hello from $(hostname), kernel $(uname -r)"'
