@@ -236,7 +236,7 @@ impl Sandbox {
         self.vm.state_dir()
     }
 
-    /// Creates and starts a process; its stdio arrives as vsock streams.
+    /// Starts a process; its stdio arrives as vsock streams.
     pub async fn spawn(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
         let id = format!("p{}", self.next_proc.fetch_add(1, Ordering::Relaxed));
         let base = self.next_port.fetch_add(3, Ordering::Relaxed);
@@ -267,7 +267,8 @@ impl Sandbox {
             rootfs: None,
             rlimits: vec![],
         };
-        // The guest connects the stdio ports before it answers create_process.
+        // exec_process = create + start in one round trip; the guest connects the stdio
+        // ports before it starts the process and answers.
         let accept = async {
             let a = |l: Option<UnixListener>| async move {
                 match l {
@@ -277,16 +278,14 @@ impl Sandbox {
             };
             tokio::try_join!(a(l_in), a(l_out), a(l_err))
         };
-        let (created, streams) = tokio::join!(self.agent.create_process(wire), async {
+        let (started, streams) = tokio::join!(self.agent.exec_process(wire), async {
             tokio::time::timeout(Duration::from_secs(30), accept).await
         });
-        created?;
-        tracing::debug!(id, "process created, stdio connected");
+        started?;
         let (s_in, s_out, s_err) = streams
             .context("guest did not connect the process's stdio")?
             .context("accepting stdio connections")?;
-        self.agent.start_process(&id).await?;
-        tracing::debug!(id, "process started");
+        tracing::debug!(id, "process started, stdio connected");
         Ok(Process {
             id,
             stdin: s_in,
