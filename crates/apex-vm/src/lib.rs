@@ -16,5 +16,6 @@ mod spawn;
 pub use accel::Accel;
 pub use assets::KernelAssets;
 pub use qemu::{
-    wait_for_agent, BoxFuture, Disk, QemuProvider, QemuVm, Vm, VmConfig, VmError, VmProvider,
+    guest_port_path, wait_for_agent, BoxFuture, Disk, QemuProvider, QemuVm, Vm, VmConfig, VmError,
+    VmProvider,
 };

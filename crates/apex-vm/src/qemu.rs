@@ -249,6 +249,12 @@ pub async fn wait_for_agent(
     }
 }
 
+/// Where guest connections to host `port` arrive for a VM with state dir `state_dir`
+/// (bind it before the VM starts to catch early connections).
+pub fn guest_port_path(state_dir: &Path, port: u32) -> PathBuf {
+    state_dir.join(format!("{VSOCK_SOCK}_{port}"))
+}
+
 /// Last `n` lines of a (possibly large, possibly missing) log file.
 pub fn tail_lines(path: &Path, n: usize) -> String {
     const MAX: u64 = 64 * 1024;
@@ -453,7 +459,7 @@ impl Vm for QemuVm {
     }
 
     fn listen(&self, port: u32) -> io::Result<UnixListener> {
-        let path = self.state_dir.join(format!("{VSOCK_SOCK}_{port}"));
+        let path = guest_port_path(&self.state_dir, port);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
