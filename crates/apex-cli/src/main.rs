@@ -8,6 +8,7 @@ mod image;
 mod progress;
 mod registry;
 mod run;
+mod system;
 mod term;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Cmd {
     Pull(image::PullArgs),
     /// List images (same as `apex image ls`).
     Images(image::LsArgs),
+    /// Manage the apexd daemon.
+    #[command(subcommand)]
+    System(system::SystemCmd),
 }
 
 /// Where state lives.
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
             Cmd::Pull(a) => image::run(&home, image::ImageCmd::Pull(a)).await,
             Cmd::Images(a) => image::run(&home, image::ImageCmd::Ls(a)).await,
             Cmd::Registry(c) => registry::run(&home, c).await,
+            Cmd::System(c) => system::run(&home, c).await,
             Cmd::Run(_) => unreachable!("handled above"),
         }
         .map(|()| ExitCode::SUCCESS)

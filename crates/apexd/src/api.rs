@@ -1,0 +1,314 @@
+//! The v1 HTTP/JSON API.
+//!
+//! [`ROUTES`] is the one list of served routes: [`router`] is built from it and a test
+//! checks it against `docs/api/openapi.yaml`, so code and documentation cannot drift.
+//! Errors are `{"message": "..."}` with a matching status code, unknown routes included.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter, MethodRouter};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::info;
+use crate::paths::Paths;
+use crate::store::StateStore;
+
+/// What a route does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /v1/version`.
+    Version,
+    /// `GET /v1/system/status`.
+    Status,
+    /// `GET /v1/system/df`.
+    DiskUsage,
+    /// `GET /v1/images`.
+    Images,
+    /// `POST /v1/system/shutdown`.
+    Shutdown,
+}
+
+/// One served route.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    /// HTTP method, upper case.
+    pub method: &'static str,
+    /// Path, as written in the OpenAPI file.
+    pub path: &'static str,
+    /// Its handler.
+    pub endpoint: Endpoint,
+}
+
+impl Route {
+    const fn new(method: &'static str, path: &'static str, endpoint: Endpoint) -> Self {
+        Route {
+            method,
+            path,
+            endpoint,
+        }
+    }
+}
+
+/// Every route the daemon serves.
+pub const ROUTES: &[Route] = &[
+    Route::new("GET", "/v1/version", Endpoint::Version),
+    Route::new("GET", "/v1/system/status", Endpoint::Status),
+    Route::new("GET", "/v1/system/df", Endpoint::DiskUsage),
+    Route::new("POST", "/v1/system/shutdown", Endpoint::Shutdown),
+    Route::new("GET", "/v1/images", Endpoint::Images),
+];
+
+/// `GET /v1/version`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Daemon version.
+    pub version: String,
+    /// API version ([`crate::API_VERSION`]).
+    pub api_version: String,
+    /// Host OS (`linux`).
+    pub os: String,
+    /// Host architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+}
+
+impl VersionInfo {
+    /// This build's version.
+    pub fn current() -> Self {
+        VersionInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            api_version: crate::API_VERSION.into(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+        }
+    }
+}
+
+/// `GET /v1/system/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SystemStatus {
+    /// Daemon pid.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// `$APEX_HOME`.
+    pub home: PathBuf,
+    /// Number of containers in the state database.
+    pub containers: u64,
+    /// Number of local images.
+    pub images: u64,
+    /// `kvm`, `tcg` or `unknown` (no probe cached yet).
+    pub accelerator: String,
+}
+
+/// One directory of `GET /v1/system/df`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirUsage {
+    /// `content`, `rootfs`, `db` or `logs`.
+    pub name: String,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Bytes allocated on disk.
+    pub bytes: u64,
+}
+
+/// `GET /v1/system/df`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Per directory.
+    pub dirs: Vec<DirUsage>,
+    /// Sum of `dirs`.
+    pub total: u64,
+}
+
+/// Every error body; also `POST /v1/system/shutdown`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    /// Human-readable, one line.
+    pub message: String,
+}
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    paths: Paths,
+    started: Instant,
+    store: StateStore,
+    shutdown: Arc<Notify>,
+    accel_cache: PathBuf,
+}
+
+impl AppState {
+    /// State for a daemon serving `paths`; `shutdown` is notified by the shutdown route.
+    pub fn new(paths: Paths, store: StateStore, shutdown: Arc<Notify>) -> Self {
+        Self::with_accel_cache(paths, store, shutdown, info::ACCEL_CACHE.into())
+    }
+
+    /// Like [`AppState::new`], reading the accelerator from `accel_cache` (for tests).
+    pub fn with_accel_cache(
+        paths: Paths,
+        store: StateStore,
+        shutdown: Arc<Notify>,
+        accel_cache: PathBuf,
+    ) -> Self {
+        AppState(Arc::new(Inner {
+            paths,
+            started: Instant::now(),
+            store,
+            shutdown,
+            accel_cache,
+        }))
+    }
+}
+
+/// An error answer: status code and `{"message"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with this status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, "{}", self.message);
+        }
+        let body = Message {
+            message: self.message,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The API router over `state`, built from [`ROUTES`].
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new();
+    for route in ROUTES {
+        let method = Method::from_bytes(route.method.as_bytes()).expect("valid method");
+        let filter = MethodFilter::try_from(method).expect("routable method");
+        r = r.route(route.path, handler(filter, route.endpoint));
+    }
+    r.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+fn handler(filter: MethodFilter, endpoint: Endpoint) -> MethodRouter<AppState> {
+    match endpoint {
+        Endpoint::Version => on(filter, version),
+        Endpoint::Status => on(filter, status),
+        Endpoint::DiskUsage => on(filter, disk_usage),
+        Endpoint::Images => on(filter, images),
+        Endpoint::Shutdown => on(filter, shutdown),
+    }
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such route: {method} {uri}"),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not allowed on {uri}"),
+    )
+}
+
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo::current())
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<SystemStatus> {
+    let home = s.0.paths.home().to_path_buf();
+    let images = blocking(move || Ok(apex_oci::ImageStore::open(&home)?.list()?.len())).await?;
+    let accel_cache = s.0.accel_cache.clone();
+    let accelerator = blocking(move || Ok(info::accelerator(&accel_cache))).await?;
+    Ok(Json(SystemStatus {
+        pid: std::process::id(),
+        uptime_s: s.0.started.elapsed().as_secs(),
+        home: s.0.paths.home().to_path_buf(),
+        containers: s.0.store.count()?,
+        images: images as u64,
+        accelerator,
+    }))
+}
+
+async fn disk_usage(State(s): State<AppState>) -> ApiResult<DiskUsage> {
+    let home = s.0.paths.home().to_path_buf();
+    let dirs = blocking(move || {
+        Ok(info::DF_DIRS
+            .iter()
+            .map(|name| {
+                let path = home.join(name);
+                DirUsage {
+                    name: (*name).into(),
+                    bytes: info::disk_usage(&path),
+                    path,
+                }
+            })
+            .collect::<Vec<_>>())
+    })
+    .await?;
+    let total = dirs.iter().map(|d| d.bytes).sum();
+    Ok(Json(DiskUsage { dirs, total }))
+}
+
+async fn images(State(s): State<AppState>) -> ApiResult<Vec<apex_oci::store::ImageSummary>> {
+    let home = s.0.paths.home().to_path_buf();
+    let list = blocking(move || apex_oci::ImageStore::open(&home)?.list()).await?;
+    Ok(Json(list))
+}
+
+async fn shutdown(State(s): State<AppState>) -> (StatusCode, Json<Message>) {
+    tracing::info!("shutdown requested over the API");
+    s.0.shutdown.notify_one();
+    let body = Message {
+        message: "shutting down".into(),
+    };
+    (StatusCode::ACCEPTED, Json(body))
+}
+
+/// Runs blocking file or database work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("worker failed: {e}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+
+const OPENAPI: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docs/api/openapi.yaml"
+));
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    app: Router,
+    shutdown: Arc<Notify>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().to_path_buf();
+    let paths = Paths::new(&home);
+    let store = StateStore::open(&paths.state_db()).unwrap();
+    let shutdown = Arc::new(Notify::new());
+    let accel = home.join("accel.json");
+    std::fs::write(&accel, r#"{"accel":"tcg"}"#).unwrap();
+    let state = AppState::with_accel_cache(paths, store, shutdown.clone(), accel);
+    Fixture {
+        _dir: dir,
+        home,
+        app: router(state),
+        shutdown,
+    }
+}
+
+async fn call(app: &Router, method: &str, path: &str) -> (StatusCode, serde_json::Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ct = resp.headers().get("content-type").cloned();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        ct.as_ref().and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[test]
+fn openapi_documents_exactly_the_served_routes() {
+    let doc: serde_yaml::Value = serde_yaml::from_str(OPENAPI).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_mapping().expect("paths") {
+        for (method, _) in ops.as_mapping().expect("operations") {
+            let method = method.as_str().unwrap().to_ascii_uppercase();
+            documented.insert((method, path.as_str().unwrap().to_string()));
+        }
+    }
+    let served: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    assert_eq!(documented, served);
+    assert_eq!(served.len(), ROUTES.len(), "duplicate route in ROUTES");
+}
+
+#[tokio::test]
+async fn every_route_is_served() {
+    let f = fixture();
+    for r in ROUTES {
+        let (status, body) = call(&f.app, r.method, r.path).await;
+        assert!(
+            status.is_success(),
+            "{} {}: {status} {body}",
+            r.method,
+            r.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn version_reports_this_build() {
+    let f = fixture();
+    let (status, body) = call(&f.app, "GET", "/v1/version").await;
+    assert_eq!(status, StatusCode::OK);
+    let v: VersionInfo = serde_json::from_value(body).unwrap();
+    assert_eq!(v, VersionInfo::current());
+    assert_eq!(v.api_version, "1");
+}
+
+#[tokio::test]
+async fn status_counts_and_accelerator() {
+    let f = fixture();
+    let (status, body) = call(&f.app, "GET", "/v1/system/status").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let s: SystemStatus = serde_json::from_value(body).unwrap();
+    assert_eq!(s.pid, std::process::id());
+    assert_eq!(s.home, f.home);
+    assert_eq!((s.containers, s.images), (0, 0));
+    assert_eq!(s.accelerator, "tcg");
+}
+
+#[tokio::test]
+async fn df_lists_the_four_dirs() {
+    let f = fixture();
+    std::fs::create_dir_all(f.home.join("logs")).unwrap();
+    std::fs::write(f.home.join("logs/x"), vec![0u8; 50_000]).unwrap();
+    let (status, body) = call(&f.app, "GET", "/v1/system/df").await;
+    assert_eq!(status, StatusCode::OK);
+    let df: DiskUsage = serde_json::from_value(body).unwrap();
+    let names: Vec<_> = df.dirs.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, info::DF_DIRS);
+    let logs = df.dirs.iter().find(|d| d.name == "logs").unwrap();
+    assert!(logs.bytes >= 50_000);
+    assert!(df.dirs.iter().find(|d| d.name == "db").unwrap().bytes > 0);
+    assert_eq!(df.total, df.dirs.iter().map(|d| d.bytes).sum::<u64>());
+}
+
+#[tokio::test]
+async fn images_empty_list() {
+    let f = fixture();
+    let (status, body) = call(&f.app, "GET", "/v1/images").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn shutdown_notifies() {
+    let f = fixture();
+    let (status, body) = call(&f.app, "POST", "/v1/system/shutdown").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["message"], "shutting down");
+    tokio::time::timeout(std::time::Duration::from_secs(1), f.shutdown.notified())
+        .await
+        .expect("shutdown notified");
+}
+
+#[tokio::test]
+async fn unknown_route_and_wrong_method_are_json_errors() {
+    let f = fixture();
+    let (status, body) = call(&f.app, "GET", "/v1/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        body["message"].as_str().unwrap().contains("/v1/nope"),
+        "{body}"
+    );
+    let (status, body) = call(&f.app, "DELETE", "/v1/version").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(body["message"].is_string(), "{body}");
+}

@@ -1,0 +1,20 @@
+//! `apexd`: the Apex API server.
+//!
+//! - [`paths`]: where the daemon keeps its socket, pid, lock, log and database;
+//! - [`store`]: durable daemon state (containers) in an embedded redb database;
+//! - [`client`]: the client side, HTTP/1.1 over the Unix socket (used by `apex`);
+//! - [`api`]: the v1 HTTP/JSON API ([`api::ROUTES`] is the single list of routes);
+//! - [`info`]: system facts the API reports (disk usage, accelerator);
+//! - [`server`]: single-instance lock, pid file, Unix socket, graceful shutdown;
+//! - [`logging`]: the daemon log file.
+
+pub mod api;
+pub mod client;
+pub mod info;
+pub mod logging;
+pub mod paths;
+pub mod server;
+pub mod store;
+
+/// The API version served under `/v1`.
+pub const API_VERSION: &str = "1";

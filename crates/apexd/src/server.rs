@@ -1,0 +1,148 @@
+//! Running the daemon: single-instance lock, pid file, socket, graceful shutdown.
+
+use std::fs::{File, OpenOptions};
+use std::future::IntoFuture;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rustix::fs::{flock, FlockOperation};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+use crate::api::{self, AppState};
+use crate::paths::Paths;
+use crate::store::StateStore;
+
+/// How long in-flight requests get to finish once shutdown starts.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Daemon options.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `$APEX_HOME`.
+    pub home: std::path::PathBuf,
+    /// Also log to stderr.
+    pub foreground: bool,
+    /// Debug logs.
+    pub debug: bool,
+}
+
+/// Runs the daemon until SIGTERM, SIGINT or `POST /v1/system/shutdown`.
+pub fn run(opts: &Options) -> Result<()> {
+    let paths = Paths::new(&opts.home);
+    let run_dir = paths.run_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot chmod {}", run_dir.display()))?;
+    let lock = acquire_lock(&paths)?;
+    crate::logging::init(&paths, opts.foreground, opts.debug)?;
+    let store = StateStore::open(&paths.state_db())?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let res = rt.block_on(serve(&paths, store));
+    // Clean up before the lock is released, so a successor never sees our leftovers.
+    let _ = std::fs::remove_file(paths.socket());
+    let _ = std::fs::remove_file(paths.pid_file());
+    match &res {
+        Ok(()) => tracing::info!("apexd stopped"),
+        Err(e) => tracing::error!("apexd failed: {e:#}"),
+    }
+    drop(lock);
+    res
+}
+
+/// Takes `run/apexd.lock` exclusively for the life of the returned file.
+fn acquire_lock(paths: &Paths) -> Result<File> {
+    let path = paths.lock_file();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let pid = std::fs::read_to_string(paths.pid_file()).unwrap_or_default();
+            let pid = pid.trim();
+            let who = if pid.is_empty() {
+                "another apexd".to_string()
+            } else {
+                format!("another apexd (pid {pid})")
+            };
+            bail!(
+                "{who} is already running for {}; stop it with `apex system stop`",
+                paths.home().display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+/// Writes our pid atomically (temp file + rename).
+fn write_pid(path: &Path) -> Result<()> {
+    let tmp = path.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
+    let sock = paths.socket();
+    // We hold the lock, so a socket file left here belongs to a dead daemon.
+    match std::fs::remove_file(&sock) {
+        Ok(()) => tracing::warn!("removed stale socket {}", sock.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", sock.display())),
+    }
+    let listener = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot chmod {}", sock.display()))?;
+    write_pid(&paths.pid_file())?;
+
+    let shutdown = Arc::new(Notify::new());
+    let app = api::router(AppState::new(paths.clone(), store, shutdown.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_rx.await;
+    });
+    let mut server = tokio::spawn(server.into_future());
+    tracing::info!(
+        pid = std::process::id(),
+        home = %paths.home().display(),
+        "apexd {} listening on {}",
+        env!("CARGO_PKG_VERSION"),
+        sock.display()
+    );
+
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        _ = shutdown.notified() => {}
+        res = &mut server => {
+            res.context("server task failed")?.context("server failed")?;
+            bail!("server stopped unexpectedly");
+        }
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(DRAIN, &mut server).await {
+        Ok(res) => res
+            .context("server task failed")?
+            .context("server failed")?,
+        Err(_) => {
+            tracing::warn!("requests still running after {DRAIN:?}; stopping anyway");
+            server.abort();
+        }
+    }
+    Ok(())
+}
