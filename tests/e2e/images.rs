@@ -380,8 +380,18 @@ fn push_is_cross_checked_by_skopeo() {
     home.run(&["image", "push", &dst]).assert_ok();
 }
 
-#[test]
-fn save_and_load_roundtrip_and_corrupt_archive() {
+/// A registry with busybox (`a:1`) and the layered image (`b:1`), both pulled into a home.
+struct TwoImages {
+    reg: Registry,
+    t: tempfile::TempDir,
+    a: Layout,
+    b: Layout,
+    da: String,
+    db: String,
+    home: ApexHome,
+}
+
+fn two_images() -> TwoImages {
     let reg = Registry::start(RegistryAuth::None).unwrap();
     let t = tempfile::tempdir().unwrap();
     let a = images::busybox(&t.path().join("a"), "1", Compression::Gzip).unwrap();
@@ -391,6 +401,28 @@ fn save_and_load_roundtrip_and_corrupt_archive() {
     let home = ApexHome::new();
     home.run(&["image", "pull", &da]).assert_ok();
     home.run(&["image", "pull", &db]).assert_ok();
+    TwoImages {
+        reg,
+        t,
+        a,
+        b,
+        da,
+        db,
+        home,
+    }
+}
+
+#[test]
+fn save_and_load_roundtrip_and_corrupt_archive() {
+    let TwoImages {
+        reg: _reg,
+        t,
+        a: _,
+        b,
+        da,
+        db,
+        home,
+    } = two_images();
     let archive = t.path().join("images.tar");
     home.run(&["image", "save", "-o", archive.to_str().unwrap(), &da, &db])
         .assert_ok();
@@ -423,15 +455,15 @@ fn save_and_load_roundtrip_and_corrupt_archive() {
 
 #[test]
 fn tag_rm_and_prune_reclaim_space() {
-    let reg = Registry::start(RegistryAuth::None).unwrap();
-    let t = tempfile::tempdir().unwrap();
-    let a = images::busybox(&t.path().join("a"), "1", Compression::Gzip).unwrap();
-    let b = images::layered(&t.path().join("b"), "1").unwrap();
-    let da = publish(&reg, &a, "a", "1");
-    let db = publish(&reg, &b, "b", "1");
-    let home = ApexHome::new();
-    home.run(&["image", "pull", &da]).assert_ok();
-    home.run(&["image", "pull", &db]).assert_ok();
+    let TwoImages {
+        reg: _reg,
+        t: _t,
+        a,
+        b: _,
+        da,
+        db: _,
+        home,
+    } = two_images();
     home.run(&["image", "tag", &da, "mine:latest"]).assert_ok();
     assert!(names(&home).contains(&"mine:latest".to_string()));
 
@@ -660,6 +692,19 @@ fn interrupted_pull_resumes_and_kill_leaves_no_corrupt_state() {
         "resumed pull downloaded {downloaded} of {total} bytes: {}",
         out.stdout
     );
+
+    // A partial file that is already complete (killed between the last write and the
+    // commit) is verified and published without a range request.
+    let home = ApexHome::new();
+    let ingest = home.path().join("content/ingest");
+    fs::create_dir_all(&ingest).unwrap();
+    fs::write(
+        ingest.join(format!("{}.partial", &big["sha256:".len()..])),
+        &big_blob,
+    )
+    .unwrap();
+    home.run(&["image", "pull", "--no-unpack", &dest])
+        .assert_ok();
 
     // kill -9 in the middle of a pull: no visible blob for the big layer, no image, and
     // the next pull completes.

@@ -49,24 +49,6 @@ enum Cmd {
     System(system::SystemCmd),
 }
 
-/// Where state lives.
-fn default_home() -> PathBuf {
-    if is_root() {
-        PathBuf::from("/var/lib/apex")
-    } else {
-        std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".apex")
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = if cli.debug { "debug" } else { "warn" };
@@ -77,7 +59,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .init();
-    let home = cli.home.clone().unwrap_or_else(default_home);
+    let home = cli.home.clone().unwrap_or_else(apexd::paths::default_home);
     let is_run = matches!(cli.cmd, Cmd::Run(_));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -96,20 +96,8 @@ impl ImageDb {
         {
             tx.open_table(TAGS)?;
             tx.open_table(IMAGES)?;
-            let mut meta = tx.open_table(META)?;
-            let v = meta.get("schema_version")?.map(|g| g.value());
-            match v {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(v) if v > SCHEMA_VERSION => bail!(
-                    "database {} has schema {v}, newer than this apex understands ({SCHEMA_VERSION}); upgrade apex",
-                    path.display()
-                ),
-                Some(v) => bail!("no migration from schema {v} to {SCHEMA_VERSION}"),
-            }
         }
+        ensure_schema(&tx, SCHEMA_VERSION, "image database", path)?;
         tx.commit()?;
         Ok(ImageDb { db })
     }
@@ -224,6 +212,31 @@ impl ImageDb {
         }
         Ok(out)
     }
+}
+
+/// Records `current` as the schema version of a new database (in its `meta` table), or
+/// checks an existing one: a newer schema is refused (upgrade apex), an older one has no
+/// migration yet. Shared by every redb database Apex keeps.
+pub fn ensure_schema(
+    tx: &redb::WriteTransaction,
+    current: u64,
+    what: &str,
+    path: &Path,
+) -> Result<()> {
+    let mut meta = tx.open_table(META)?;
+    let v = meta.get("schema_version")?.map(|g| g.value());
+    match v {
+        None => {
+            meta.insert("schema_version", current)?;
+        }
+        Some(v) if v == current => {}
+        Some(v) if v > current => bail!(
+            "{what} {} has schema {v}, newer than this apex understands ({current}); upgrade apex",
+            path.display()
+        ),
+        Some(v) => bail!("no migration for {what} from schema {v} to {current}"),
+    }
+    Ok(())
 }
 
 /// Default database path under an Apex home.

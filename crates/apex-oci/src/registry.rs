@@ -266,6 +266,12 @@ impl RegistryClient {
         if ingest.offset() > size {
             ingest.reset()?;
         }
+        if size > 0 && ingest.offset() == size {
+            // Fully downloaded before an interruption, just not committed: a range request
+            // would be unsatisfiable. The commit verifies the bytes.
+            progress(size);
+            return Ok(());
+        }
         let mut stream = self
             .client
             .pull_blob_stream_partial(r.oci(), &desc, ingest.offset(), None)

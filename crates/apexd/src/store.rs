@@ -72,20 +72,8 @@ impl StateStore {
         let tx = db.begin_write()?;
         {
             tx.open_table(CONTAINERS)?;
-            let mut meta = tx.open_table(META)?;
-            let v = meta.get("schema_version")?.map(|g| g.value());
-            match v {
-                None => {
-                    meta.insert("schema_version", SCHEMA_VERSION)?;
-                }
-                Some(SCHEMA_VERSION) => {}
-                Some(v) if v > SCHEMA_VERSION => bail!(
-                    "state database {} has schema {v}, newer than this apexd understands ({SCHEMA_VERSION}); upgrade apex",
-                    path.display()
-                ),
-                Some(v) => bail!("no migration from state schema {v} to {SCHEMA_VERSION}"),
-            }
         }
+        apex_oci::db::ensure_schema(&tx, SCHEMA_VERSION, "state database", path)?;
         tx.commit()?;
         Ok(StateStore { db })
     }
@@ -228,6 +216,6 @@ mod tests {
             tx.commit().unwrap();
         }
         let err = StateStore::open(&path).err().unwrap().to_string();
-        assert!(err.contains("newer than this apexd"), "{err}");
+        assert!(err.contains("newer than this apex understands"), "{err}");
     }
 }
