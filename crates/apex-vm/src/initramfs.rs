@@ -38,6 +38,28 @@ pub const ON_DEMAND_MODULES: &[(&str, &[&str])] = &[
     ("virtiofs", &["fuse", "virtiofs"]),
 ];
 
+/// Trailer of a signed kernel module (see the kernel's `module_signature.h`).
+const MODULE_SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// `struct module_signature` precedes the magic; its last field is the BE signature length.
+const MODULE_SIG_INFO_LEN: usize = 12;
+
+/// A module without its appended signature. The guest kernel does not enforce module
+/// signatures, and verifying RSA signatures under TCG costs ~60 ms per boot; the only
+/// effect of loading unsigned modules is the "module verification failed" taint.
+pub fn strip_module_signature(module: &[u8]) -> &[u8] {
+    let Some(rest) = module.strip_suffix(MODULE_SIG_MAGIC) else {
+        return module;
+    };
+    let Some(info_start) = rest.len().checked_sub(MODULE_SIG_INFO_LEN) else {
+        return module;
+    };
+    let sig_len = u32::from_be_bytes(rest[rest.len() - 4..].try_into().expect("4 bytes")) as usize;
+    match info_start.checked_sub(sig_len) {
+        Some(end) => &module[..end],
+        None => module,
+    }
+}
+
 /// Path of the module load-order list inside the initramfs.
 pub const LOAD_ORDER_PATH: &str = "/lib/modules/load-order";
 
@@ -45,7 +67,7 @@ pub const LOAD_ORDER_PATH: &str = "/lib/modules/load-order";
 const BASE_DIRS: &[&str] = &["proc", "sys", "dev", "run", "tmp", "mnt", "etc"];
 
 /// Bumped whenever the archive layout changes, to invalidate cached archives.
-const FORMAT_VERSION: &str = "apex-initramfs-v1";
+const FORMAT_VERSION: &str = "apex-initramfs-v2";
 
 /// An additional file to place in the initramfs (tests, debugging tools).
 #[derive(Debug, Clone)]
@@ -178,9 +200,8 @@ fn write_archive(
         let dest = format!("{base}/{m}");
         mkdirs(&mut w, parent(&dest))?;
         let src = modules_dir.join(m);
-        let mut f = File::open(&src).with_context(|| format!("opening {}", src.display()))?;
-        let len = f.metadata()?.len();
-        w.file_from_reader(&dest, 0o644, len, &mut f)?;
+        let data = std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+        w.file(&dest, 0o644, strip_module_signature(&data))?;
         if let Some(g) = group {
             load_order.push_str(&format!("@{g} "));
         }
@@ -323,6 +344,23 @@ kernel/net/core/failover.ko:
 kernel/fs/fuse/fuse.ko:
 kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
 ";
+
+    #[test]
+    fn module_signatures_are_stripped() {
+        let mut signed = b"ELF-module-body".to_vec();
+        let sig = [7u8; 20];
+        signed.extend_from_slice(&sig);
+        signed.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+        signed.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        signed.extend_from_slice(MODULE_SIG_MAGIC);
+        assert_eq!(strip_module_signature(&signed), b"ELF-module-body");
+        assert_eq!(strip_module_signature(b"plain"), b"plain");
+        // A bogus length never panics or cuts into nothing.
+        let mut bogus = vec![1u8; 4];
+        bogus.extend_from_slice(&[0xff; 12]);
+        bogus.extend_from_slice(MODULE_SIG_MAGIC);
+        assert_eq!(strip_module_signature(&bogus), &bogus[..]);
+    }
 
     #[test]
     fn dependency_order() {
