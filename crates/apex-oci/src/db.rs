@@ -92,14 +92,31 @@ impl ImageDb {
                 }
             }
         };
-        let tx = db.begin_write()?;
-        {
-            tx.open_table(TAGS)?;
-            tx.open_table(IMAGES)?;
+        // The common case needs no write transaction (and no fsync).
+        if !Self::is_current(&db) {
+            let tx = db.begin_write()?;
+            {
+                tx.open_table(TAGS)?;
+                tx.open_table(IMAGES)?;
+            }
+            ensure_schema(&tx, SCHEMA_VERSION, "image database", path)?;
+            tx.commit()?;
         }
-        ensure_schema(&tx, SCHEMA_VERSION, "image database", path)?;
-        tx.commit()?;
         Ok(ImageDb { db })
+    }
+
+    /// True if every table exists and the schema is the current one.
+    fn is_current(db: &Database) -> bool {
+        let Ok(tx) = db.begin_read() else {
+            return false;
+        };
+        let schema = tx
+            .open_table(META)
+            .ok()
+            .and_then(|m| m.get("schema_version").ok().flatten().map(|v| v.value()));
+        schema == Some(SCHEMA_VERSION)
+            && tx.open_table(TAGS).is_ok()
+            && tx.open_table(IMAGES).is_ok()
     }
 
     /// Stores `record` and points each of `names` at it, atomically.

@@ -2,7 +2,7 @@
 //!
 //! `/dev/kvm` existing is not enough: on nested/paravirtualized hosts KVM can hang
 //! or abort a stock guest kernel, so KVM is chosen only after a probe VM's agent
-//! answered on vsock. Probe results are cached per (kernel version, QEMU version).
+//! answered on vsock. Probe results are cached per (kernel version, QEMU binary).
 
 use crate::assets::KernelAssets;
 use crate::qemu::{QemuProvider, Vm, VmConfig};
@@ -103,13 +103,14 @@ pub async fn probe_kvm(provider: &QemuProvider, base: &VmConfig, timeout: Durati
 #[derive(Debug, Serialize, Deserialize)]
 struct CacheEntry {
     kernel_version: String,
-    qemu_version: String,
+    /// [`QemuProvider::qemu_identity`] of the QEMU that was probed.
+    qemu: String,
     accel: Accel,
 }
 
-fn read_cache(path: &Path, kernel_version: &str, qemu_version: &str) -> Option<Accel> {
+fn read_cache(path: &Path, kernel_version: &str, qemu: &str) -> Option<Accel> {
     let e: CacheEntry = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    (e.kernel_version == kernel_version && e.qemu_version == qemu_version).then_some(e.accel)
+    (e.kernel_version == kernel_version && e.qemu == qemu).then_some(e.accel)
 }
 
 fn write_cache(path: &Path, entry: &CacheEntry) -> Result<()> {
@@ -122,7 +123,7 @@ fn write_cache(path: &Path, entry: &CacheEntry) -> Result<()> {
 }
 
 /// Picks the accelerator: `$APEX_ACCEL`, else the cached probe result in
-/// `<cache_dir>/accel.json` for this kernel and QEMU version, else [`probe_kvm`]
+/// `<cache_dir>/accel.json` for this kernel and QEMU binary, else [`probe_kvm`]
 /// (whose result is cached). Without a usable `/dev/kvm` it is TCG, uncached.
 pub async fn select(
     provider: &QemuProvider,
@@ -137,15 +138,15 @@ pub async fn select(
     if !kvm_device_usable() {
         return Ok(Accel::Tcg);
     }
-    let qemu_version = provider.qemu_version()?;
+    let qemu = provider.qemu_identity()?;
     let path = cache_dir.join(CACHE_FILE);
-    if let Some(a) = read_cache(&path, &kernel.version, &qemu_version) {
+    if let Some(a) = read_cache(&path, &kernel.version, &qemu) {
         return Ok(a);
     }
     let accel = probe_kvm(provider, base, timeout).await;
     let entry = CacheEntry {
         kernel_version: kernel.version.clone(),
-        qemu_version,
+        qemu,
         accel,
     };
     write_cache(&path, &entry).with_context(|| format!("writing {}", path.display()))?;
@@ -171,7 +172,7 @@ mod tests {
         assert_eq!(read_cache(&path, "k", "q"), None);
         let e = CacheEntry {
             kernel_version: "k".into(),
-            qemu_version: "q".into(),
+            qemu: "q".into(),
             accel: Accel::Tcg,
         };
         write_cache(&path, &e).unwrap();

@@ -317,6 +317,20 @@ impl QemuProvider {
     }
 
     /// First line of `qemu --version` (cache key for the accelerator probe).
+    /// A cheap identity of the QEMU binary (path, size, mtime) for cache keys: changes
+    /// whenever QEMU is upgraded, without running it.
+    pub fn qemu_identity(&self) -> Result<String> {
+        let m = std::fs::metadata(&self.qemu)
+            .with_context(|| format!("stat {}", self.qemu.display()))?;
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(format!("{} {} {mtime}", self.qemu.display(), m.len()))
+    }
+
+    /// The first line of `qemu --version`.
     pub fn qemu_version(&self) -> Result<String> {
         let out = Command::new(&self.qemu)
             .arg("--version")
