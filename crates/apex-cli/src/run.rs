@@ -121,7 +121,9 @@ pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
+    tracing::debug!("image resolved");
     let rootfs = store.ensure_rootfs(&rec).await?.path;
+    tracing::debug!("rootfs ready");
     let image_cfg = ImageProcessConfig::from_image_config(&store.config_json(&rec)?)?;
     let mut env_files = Vec::new();
     for f in &a.env_file {
