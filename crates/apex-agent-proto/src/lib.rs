@@ -41,9 +41,6 @@ pub use rpc::{Message, Notification, Request, Response, RpcError};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// vsock port the guest agent listens on for the control connection.
 pub const CONTROL_PORT: u32 = 1024;
-/// Host port the guest connects to (and closes) once it listens on [`CONTROL_PORT`], so
-/// the host learns the agent is up without polling. Best effort: the host may not listen.
-pub const READY_PORT: u32 = 1023;
 /// vsock CID of the host, which the guest connects to for process stdio.
 pub const HOST_CID: u32 = 2;
 

@@ -160,9 +160,6 @@ pub fn main() -> ! {
     let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     let uptime = uptime.split_whitespace().next().unwrap_or("?");
     info!("ready (uptime {uptime} s)");
-    // Tell the host we are up (it may be waiting on this port instead of polling).
-    let t = transport.clone();
-    std::thread::spawn(move || drop(t.connect_host(apex_agent_proto::READY_PORT)));
     server::serve(agent, listener)
 }
 

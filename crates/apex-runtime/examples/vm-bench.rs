@@ -9,12 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use apex_agent_proto::{CONTROL_PORT, READY_PORT};
+use apex_agent_proto::CONTROL_PORT;
 use apex_runtime::agent::AgentClient;
 use apex_runtime::sandbox::{cache_dir, locate_init};
-use apex_vm::{
-    guest_port_path, initramfs, wait_for_agent, Disk, KernelAssets, QemuProvider, Vm, VmConfig,
-};
+use apex_vm::{initramfs, wait_for_agent, Disk, KernelAssets, QemuProvider, Vm, VmConfig};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -81,13 +79,9 @@ async fn main() -> Result<()> {
     let (mut agent_t, mut down_t) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let cfg = config(&format!("a{i}"), &kernel, &real, &rootfs, work.path());
-        std::fs::create_dir_all(&cfg.state_dir)?;
-        let ready = tokio::net::UnixListener::bind(guest_port_path(&cfg.state_dir, READY_PORT))?;
         let t0 = Instant::now();
         let mut vm = provider.start_vm(cfg).await?;
-        // As the sandbox does: the guest's ready notification, then one connect.
-        tokio::time::timeout(Duration::from_secs(60), ready.accept()).await??;
-        let s = vm.connect(CONTROL_PORT, Duration::from_secs(10)).await?;
+        let s = wait_for_agent(&vm, CONTROL_PORT, Duration::from_secs(60)).await?;
         let agent = AgentClient::new(s);
         agent.ping().await?;
         agent_t.push(t0.elapsed().as_secs_f64());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use apex_agent_proto::api::{self, User};
-use apex_agent_proto::{CONTROL_PORT, READY_PORT};
+use apex_agent_proto::CONTROL_PORT;
 use apex_vm::{
     accel, initramfs, wait_for_agent, Disk, KernelAssets, QemuProvider, Vm, VmConfig, VmProvider,
 };
@@ -196,16 +196,10 @@ impl Sandbox {
         vm_cfg.accel =
             accel::select(&provider, &kernel, &vm_cfg, &cache, ACCEL_PROBE_TIMEOUT).await?;
         tracing::debug!(elapsed = ?t0.elapsed(), accel = %vm_cfg.accel, "starting VM");
-        // The guest announces itself on READY_PORT; polling the control port remains the
-        // fallback (and the watchdog).
-        let ready = UnixListener::bind(apex_vm::guest_port_path(&state_dir, READY_PORT))?;
         let booted = async {
             let vm = provider.start(vm_cfg).await?;
             tracing::debug!(elapsed = ?t0.elapsed(), "QEMU started");
-            let stream = tokio::select! {
-                s = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout) => s?,
-                Ok(_) = ready.accept() => vm.connect(CONTROL_PORT, Duration::from_secs(10)).await?,
-            };
+            let stream = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout).await?;
             anyhow::Ok((vm, stream))
         }
         .await;

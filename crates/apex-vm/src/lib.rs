@@ -16,6 +16,5 @@ mod spawn;
 pub use accel::Accel;
 pub use assets::KernelAssets;
 pub use qemu::{
-    guest_port_path, wait_for_agent, BoxFuture, Disk, QemuProvider, QemuVm, Vm, VmConfig, VmError,
-    VmProvider,
+    wait_for_agent, BoxFuture, Disk, QemuProvider, QemuVm, Vm, VmConfig, VmError, VmProvider,
 };

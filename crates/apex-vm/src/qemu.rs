@@ -249,12 +249,6 @@ pub async fn wait_for_agent(
     }
 }
 
-/// Where guest connections to host `port` arrive for a VM with state dir `state_dir`
-/// (bind it before the VM starts to catch early connections).
-pub fn guest_port_path(state_dir: &Path, port: u32) -> PathBuf {
-    state_dir.join(format!("{VSOCK_SOCK}_{port}"))
-}
-
 /// Last `n` lines of a (possibly large, possibly missing) log file.
 pub fn tail_lines(path: &Path, n: usize) -> String {
     const MAX: u64 = 64 * 1024;
@@ -473,7 +467,7 @@ impl Vm for QemuVm {
     }
 
     fn listen(&self, port: u32) -> io::Result<UnixListener> {
-        let path = guest_port_path(&self.state_dir, port);
+        let path = self.state_dir.join(format!("{VSOCK_SOCK}_{port}"));
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
