@@ -479,7 +479,12 @@ fn crashes_and_interrupts_leave_nothing_behind() {
     kill9(child.id() as i32);
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pids_of(&home, "qemu-system").is_empty() && Instant::now() < deadline {
+    let alive = || {
+        !pids_of(&home, "qemu-system").is_empty()
+            || !pids_of(&home, "vhost-device-vsock").is_empty()
+    };
+    // SIGKILL via PDEATHSIG is immediate, but the kernel tears processes down asynchronously.
+    while alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
