@@ -569,4 +569,28 @@ fn fixtures_binary_busybox_and_registry() {
         http_get(&host, "/v2/", None).is_err(),
         "registry outlived apex-fixtures"
     );
+
+    // Even SIGKILL (no cleanup code runs) takes the registry down: it dies with its owner.
+    let mut child = Command::new(bin)
+        .args(["registry", "--until-signal"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut host = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut host)
+        .unwrap();
+    let host = host.trim().to_string();
+    assert_eq!(http_get(&host, "/v2/", None).unwrap().status, 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while http_get(&host, "/v2/", None).is_ok() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        http_get(&host, "/v2/", None).is_err(),
+        "registry outlived a SIGKILLed apex-fixtures"
+    );
 }

@@ -8,6 +8,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -127,13 +128,25 @@ impl Registry {
             let host = format!("127.0.0.1:{}", free_port()?);
             fs::write(&config, config_yaml(&storage, &host, &auth_yaml))?;
             let log = fs::File::create(&log_path)?;
-            let mut child = Command::new(REGISTRY_BIN)
-                .arg("serve")
+            let mut cmd = Command::new(REGISTRY_BIN);
+            cmd.arg("serve")
                 .arg(&config)
                 .current_dir(dir.path())
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
-                .stderr(log)
+                .stderr(log);
+            // SAFETY: the closure only makes one async-signal-safe syscall (prctl).
+            unsafe {
+                cmd.pre_exec(|| {
+                    // Dies with the test (thread) that started it, even on SIGKILL, so an
+                    // interrupted run leaves no registry behind.
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))
+                    .map_err(std::io::Error::from)
+                });
+            }
+            let mut child = cmd
                 .spawn()
                 .with_context(|| format!("spawning {REGISTRY_BIN}"))?;
             match wait_ready(&mut child, &host, &log_path) {
