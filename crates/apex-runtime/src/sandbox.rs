@@ -170,7 +170,7 @@ impl Sandbox {
             .with_context(|| format!("creating {}", state_dir.display()))?;
         std::fs::write(state_dir.join(OWNER_FILE), std::process::id().to_string())?;
         // Removes the state dir if boot fails or is abandoned (Ctrl-C drops this future).
-        let guard = RemoveOnDrop(Some(state_dir.clone()));
+        let mut guard = RemoveOnDrop(Some(state_dir.clone()));
         let mut vm_cfg = VmConfig {
             id: id.clone(),
             cpus: cfg.cpus,
@@ -196,22 +196,17 @@ impl Sandbox {
         vm_cfg.accel =
             accel::select(&provider, &kernel, &vm_cfg, &cache, ACCEL_PROBE_TIMEOUT).await?;
         tracing::debug!(elapsed = ?t0.elapsed(), accel = %vm_cfg.accel, "starting VM");
-        let booted = async {
-            let vm = provider.start(vm_cfg).await?;
-            tracing::debug!(elapsed = ?t0.elapsed(), "QEMU started");
-            let stream = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout).await?;
-            anyhow::Ok((vm, stream))
-        }
-        .await;
-        // On error the VM (if any) was dropped, which kills it; the guard drops its state.
-        let (vm, stream) = booted?;
-        let mut guard = guard;
-        guard.0 = None;
+        // On any error below the VM is dropped (which kills it) before the guard removes
+        // its state directory.
+        let vm = provider.start(vm_cfg).await?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "QEMU started");
+        let stream = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout).await?;
         let agent = AgentClient::new(stream);
         agent
             .ping()
             .await
             .context("guest agent did not answer ping")?;
+        guard.0 = None;
         tracing::debug!(elapsed = ?t0.elapsed(), "guest agent ready");
         Ok(Sandbox {
             vm,
