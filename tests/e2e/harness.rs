@@ -501,6 +501,23 @@ fn apex_home_runs_with_isolated_env() {
     );
 }
 
+/// Starts `apex-fixtures registry --until-signal` and returns it with its host, answering.
+fn fixtures_registry(bin: &str) -> (std::process::Child, String) {
+    let mut child = Command::new(bin)
+        .args(["registry", "--until-signal"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut host = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut host)
+        .unwrap();
+    let host = host.trim().to_string();
+    assert_eq!(http_get(&host, "/v2/", None).unwrap().status, 200);
+    (child, host)
+}
+
 #[test]
 fn fixtures_binary_busybox_and_registry() {
     let bin = env!("CARGO_BIN_EXE_apex-fixtures");
@@ -547,18 +564,7 @@ fn fixtures_binary_busybox_and_registry() {
     );
 
     // Stops on SIGTERM.
-    let mut child = Command::new(bin)
-        .args(["registry", "--until-signal"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut host = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut host)
-        .unwrap();
-    let host = host.trim().to_string();
-    assert_eq!(http_get(&host, "/v2/", None).unwrap().status, 200);
+    let (mut child, host) = fixtures_registry(bin);
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -571,18 +577,7 @@ fn fixtures_binary_busybox_and_registry() {
     );
 
     // Even SIGKILL (no cleanup code runs) takes the registry down: it dies with its owner.
-    let mut child = Command::new(bin)
-        .args(["registry", "--until-signal"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut host = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut host)
-        .unwrap();
-    let host = host.trim().to_string();
-    assert_eq!(http_get(&host, "/v2/", None).unwrap().status, 200);
+    let (mut child, host) = fixtures_registry(bin);
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
