@@ -501,14 +501,17 @@ fn apex_home_runs_with_isolated_env() {
     );
 }
 
-/// Starts `apex-fixtures registry --until-signal` and returns it with its host, answering.
-fn fixtures_registry(bin: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(bin)
-        .args(["registry", "--until-signal"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// Starts `apex-fixtures registry` and returns it with its host, answering. With
+/// `until_signal` it ignores stdin; otherwise stdin is a pipe whose closing stops it.
+fn fixtures_registry(bin: &str, until_signal: bool) -> (std::process::Child, String) {
+    let mut cmd = Command::new(bin);
+    cmd.arg("registry");
+    if until_signal {
+        cmd.arg("--until-signal").stdin(Stdio::null());
+    } else {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut host = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut host)
@@ -544,18 +547,7 @@ fn fixtures_binary_busybox_and_registry() {
     );
 
     // Stops when stdin closes.
-    let mut child = Command::new(bin)
-        .arg("registry")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut host = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut host)
-        .unwrap();
-    let host = host.trim().to_string();
-    assert_eq!(http_get(&host, "/v2/", None).unwrap().status, 200);
+    let (mut child, host) = fixtures_registry(bin, false);
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     assert!(
@@ -564,7 +556,7 @@ fn fixtures_binary_busybox_and_registry() {
     );
 
     // Stops on SIGTERM.
-    let (mut child, host) = fixtures_registry(bin);
+    let (mut child, host) = fixtures_registry(bin, true);
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -577,7 +569,7 @@ fn fixtures_binary_busybox_and_registry() {
     );
 
     // Even SIGKILL (no cleanup code runs) takes the registry down: it dies with its owner.
-    let (mut child, host) = fixtures_registry(bin);
+    let (mut child, host) = fixtures_registry(bin, true);
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -237,7 +237,7 @@ async fn attach(
     let wait = agent.wait_process(&id);
     tokio::pin!(wait);
     let status = loop {
-        let any_sig = futures_like_select(&mut sigs);
+        let any_sig = first_signal(&mut sigs);
         tokio::select! {
             st = &mut wait => break st?,
             n = any_sig => {
@@ -262,7 +262,7 @@ async fn attach(
 }
 
 /// Waits for the first of several signal streams; returns its number.
-async fn futures_like_select(sigs: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
+async fn first_signal(sigs: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
     let futs = sigs.iter_mut().map(|(n, s)| {
         let n = *n;
         Box::pin(async move {
