@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod info;
 pub mod logging;
+pub mod model;
 pub mod paths;
 pub mod server;
 pub mod store;

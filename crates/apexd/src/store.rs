@@ -5,11 +5,15 @@
 //! one process at a time, which the daemon's single-instance lock already guarantees).
 //! Every change is one redb transaction, so a crash leaves the old or the new state.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use apex_runtime::spec::ProcessSpec;
 
 use anyhow::{bail, Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::model::RestartPolicy;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
@@ -23,10 +27,35 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub enum ContainerState {
     /// Created, never started.
     Created,
-    /// Its VM is running.
+    /// Its helper is booting the VM or the process runs.
     Running,
+    /// Waiting to be restarted by its restart policy.
+    Restarting,
     /// Its process exited (see `exit_code`).
     Exited,
+}
+
+/// How a container runs, fixed at create time.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContainerConfig {
+    /// The main process (image config merged with the create request).
+    pub process: ProcessSpec,
+    /// Keep stdin open for attached clients.
+    pub stdin_open: bool,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u64,
+    /// Boot watchdog, seconds.
+    pub boot_timeout_s: u64,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Remove once exited.
+    pub auto_remove: bool,
+    /// The image's read-only rootfs.
+    pub rootfs: PathBuf,
+    /// Image config digest.
+    pub image_id: String,
 }
 
 /// What the daemon knows about one container.
@@ -42,12 +71,29 @@ pub struct ContainerRecord {
     pub created: String,
     /// Lifecycle state.
     pub state: ContainerState,
+    /// How it runs.
+    pub config: ContainerConfig,
+    /// Last start (RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<String>,
+    /// Last exit (RFC 3339).
+    #[serde(default)]
+    pub finished_at: Option<String>,
     /// Exit code once exited.
     #[serde(default)]
     pub exit_code: Option<i32>,
-    /// Why it exited, if not by itself (e.g. "vm crashed").
+    /// Why it exited, if not by itself (e.g. "vm died").
     #[serde(default)]
     pub exit_reason: Option<String>,
+    /// Restarts done by the restart policy.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Stopped or killed through the API (restart policies other than `always` honour it).
+    #[serde(default)]
+    pub stopped_by_user: bool,
+    /// The helper's pid while running.
+    #[serde(default)]
+    pub shim_pid: Option<u32>,
 }
 
 /// Whether `id` is a full container ID (64 lowercase hex characters).
@@ -151,8 +197,30 @@ mod tests {
             image: "busybox:latest".into(),
             created: "2024-01-01T00:00:00Z".into(),
             state,
+            config: ContainerConfig {
+                process: ProcessSpec {
+                    args: vec!["true".into()],
+                    env: vec![],
+                    cwd: "/".into(),
+                    user: "0".into(),
+                    terminal: false,
+                },
+                stdin_open: false,
+                cpus: 1,
+                memory_mib: 256,
+                boot_timeout_s: 60,
+                restart: RestartPolicy::No,
+                auto_remove: false,
+                rootfs: "/x.erofs".into(),
+                image_id: "sha256:00".into(),
+            },
+            started_at: None,
+            finished_at: None,
             exit_code: None,
             exit_reason: None,
+            restart_count: 0,
+            stopped_by_user: false,
+            shim_pid: None,
         }
     }
 

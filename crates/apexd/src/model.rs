@@ -1,0 +1,242 @@
+//! Container API types, shared by the daemon and the `apex` client.
+//!
+//! Routes (all JSON unless noted; errors are `{"message"}` with 4xx/5xx):
+//! - `POST /v1/containers` [`CreateRequest`] → 201 [`Created`] (404 if the image is not
+//!   local: the client pulls it and retries; 409 if the name is taken)
+//! - `GET /v1/containers?all=true` → `[ContainerSummary]` (running only without `all`)
+//! - `GET /v1/containers/{id}` → [`ContainerRecord`] (`{id}`: full id, unique prefix, name)
+//! - `POST /v1/containers/{id}/start` → 200 [`ContainerRecord`] once the helper runs
+//! - `POST /v1/containers/{id}/attach?stdin=true&start=true` with `Connection: Upgrade`,
+//!   `Upgrade: apex-stream` → 101, then [`apex_shim::stream`] frames both ways (`start`
+//!   starts a created container after the client is attached)
+//! - `POST /v1/containers/{id}/stop?timeout=10` → 200 [`ContainerRecord`]
+//! - `POST /v1/containers/{id}/kill?signal=TERM` (name or number) → 200 [`Message`]
+//! - `POST /v1/containers/{id}/restart?timeout=10` → 200 [`ContainerRecord`]
+//! - `GET /v1/containers/{id}/wait` → [`WaitResult`] once it is not running
+//! - `DELETE /v1/containers/{id}?force=true` → 200 [`Message`]
+//! - `POST /v1/containers/prune` → [`PruneReport`]
+//! - `GET /v1/containers/{id}/logs?follow=true&tail=N&timestamps=true` → NDJSON
+//!   [`LogEntry`] lines (chunked; with `follow`, until the container stops)
+//! - `GET /v1/containers/{id}/stats` → [`apex_shim::proto::Stats`]
+//! - `POST /v1/containers/{id}/exec` [`ExecRequest`] → 201 [`Created`] (exec id)
+//! - `POST /v1/exec/{exec_id}/start` with upgrade as for attach → 101 + frames, ending
+//!   with an `Exit` frame carrying the exec'd process's exit code
+//!
+//! [`Message`]: crate::api::Message
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::store::{ContainerRecord, ContainerState};
+
+/// `--restart` policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart.
+    #[default]
+    No,
+    /// Restart when the exit code is not 0, at most `max_retries` times (0 = unbounded).
+    OnFailure {
+        /// Retry limit; 0 means no limit.
+        #[serde(default)]
+        max_retries: u32,
+    },
+    /// Always restart, also when apexd starts, even after `stop`.
+    Always,
+    /// Like `always`, except after an explicit `stop`/`kill`.
+    UnlessStopped,
+}
+
+impl std::str::FromStr for RestartPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let p = match name {
+            "no" => RestartPolicy::No,
+            "always" => RestartPolicy::Always,
+            "unless-stopped" => RestartPolicy::UnlessStopped,
+            "on-failure" => RestartPolicy::OnFailure {
+                max_retries: match arg {
+                    Some(a) => a
+                        .parse()
+                        .map_err(|_| format!("invalid retry count {a:?} in --restart {s}"))?,
+                    None => 0,
+                },
+            },
+            _ => {
+                return Err(format!(
+                    "invalid restart policy {s:?}: use no, on-failure[:N], always or unless-stopped"
+                ))
+            }
+        };
+        if arg.is_some() && !matches!(p, RestartPolicy::OnFailure { .. }) {
+            return Err(format!("only on-failure takes a retry count: {s:?}"));
+        }
+        Ok(p)
+    }
+}
+
+impl std::fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestartPolicy::No => f.write_str("no"),
+            RestartPolicy::OnFailure { max_retries: 0 } => f.write_str("on-failure"),
+            RestartPolicy::OnFailure { max_retries } => write!(f, "on-failure:{max_retries}"),
+            RestartPolicy::Always => f.write_str("always"),
+            RestartPolicy::UnlessStopped => f.write_str("unless-stopped"),
+        }
+    }
+}
+
+/// `POST /v1/containers`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// Image reference (must be local).
+    pub image: String,
+    /// Unique name (default: generated).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Command (replaces the image's cmd).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Entrypoint override.
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    /// `KEY=value`, already resolved by the client (env files included).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// User.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Allocate a terminal.
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open for attached clients (`-i`).
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// vCPUs (default 1).
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    /// Memory in MiB (default 256).
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    /// Boot watchdog in seconds (default 60).
+    #[serde(default)]
+    pub boot_timeout_s: Option<u64>,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Remove the container once it exits (`--rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+/// `201` answer to a create: the new object's id (and name for containers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    /// Full id.
+    pub id: String,
+    /// Container name (empty for execs).
+    #[serde(default)]
+    pub name: String,
+}
+
+/// One row of `GET /v1/containers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    /// Full id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Image as given.
+    pub image: String,
+    /// The command line, joined.
+    pub command: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// State.
+    pub state: ContainerState,
+    /// Human status: `Up 5 seconds`, `Exited (0) 2 minutes ago`, `Created`.
+    pub status: String,
+    /// Exit code once exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+/// `GET /v1/containers/{id}/wait`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitResult {
+    /// Exit code.
+    pub exit_code: i32,
+    /// Why, if not the process's own doing.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/containers/prune`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneReport {
+    /// Removed container ids.
+    pub deleted: Vec<String>,
+}
+
+/// One line of `GET /v1/containers/{id}/logs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When the shim read it (RFC 3339, nanoseconds).
+    pub time: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, with its trailing newline if it had one.
+    pub line: String,
+}
+
+/// `POST /v1/containers/{id}/exec`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// argv (required).
+    pub command: Vec<String>,
+    /// Extra `KEY=value`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// User.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Allocate a terminal.
+    #[serde(default)]
+    pub tty: bool,
+    /// Forward stdin.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies_parse_and_print() {
+        for s in [
+            "no",
+            "always",
+            "unless-stopped",
+            "on-failure",
+            "on-failure:3",
+        ] {
+            assert_eq!(s.parse::<RestartPolicy>().unwrap().to_string(), s);
+        }
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+        assert!("always:3".parse::<RestartPolicy>().is_err());
+        assert!("on-failure:x".parse::<RestartPolicy>().is_err());
+    }
+}
