@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::info;
 use crate::paths::Paths;
+use crate::containers::Containers;
 use crate::store::StateStore;
 
 /// What a route does.
@@ -33,6 +34,36 @@ pub enum Endpoint {
     Images,
     /// `POST /v1/system/shutdown`.
     Shutdown,
+    /// `GET /v1/containers`.
+    ContainerList,
+    /// `POST /v1/containers`.
+    ContainerCreate,
+    /// `GET /v1/containers/{id}`.
+    ContainerInspect,
+    /// `DELETE /v1/containers/{id}`.
+    ContainerRemove,
+    /// `POST /v1/containers/{id}/start`.
+    ContainerStart,
+    /// `POST /v1/containers/{id}/stop`.
+    ContainerStop,
+    /// `POST /v1/containers/{id}/restart`.
+    ContainerRestart,
+    /// `POST /v1/containers/{id}/kill`.
+    ContainerKill,
+    /// `GET /v1/containers/{id}/wait`.
+    ContainerWait,
+    /// `GET /v1/containers/{id}/logs`.
+    ContainerLogs,
+    /// `GET /v1/containers/{id}/stats`.
+    ContainerStats,
+    /// `POST /v1/containers/{id}/attach` (upgrade).
+    ContainerAttach,
+    /// `POST /v1/containers/{id}/exec`.
+    ExecCreate,
+    /// `POST /v1/exec/{id}/start` (upgrade).
+    ExecStart,
+    /// `POST /v1/containers/prune`.
+    ContainerPrune,
 }
 
 /// One served route.
@@ -63,6 +94,21 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v1/system/df", Endpoint::DiskUsage),
     Route::new("POST", "/v1/system/shutdown", Endpoint::Shutdown),
     Route::new("GET", "/v1/images", Endpoint::Images),
+    Route::new("GET", "/v1/containers", Endpoint::ContainerList),
+    Route::new("POST", "/v1/containers", Endpoint::ContainerCreate),
+    Route::new("POST", "/v1/containers/prune", Endpoint::ContainerPrune),
+    Route::new("GET", "/v1/containers/{id}", Endpoint::ContainerInspect),
+    Route::new("DELETE", "/v1/containers/{id}", Endpoint::ContainerRemove),
+    Route::new("POST", "/v1/containers/{id}/start", Endpoint::ContainerStart),
+    Route::new("POST", "/v1/containers/{id}/stop", Endpoint::ContainerStop),
+    Route::new("POST", "/v1/containers/{id}/restart", Endpoint::ContainerRestart),
+    Route::new("POST", "/v1/containers/{id}/kill", Endpoint::ContainerKill),
+    Route::new("GET", "/v1/containers/{id}/wait", Endpoint::ContainerWait),
+    Route::new("GET", "/v1/containers/{id}/logs", Endpoint::ContainerLogs),
+    Route::new("GET", "/v1/containers/{id}/stats", Endpoint::ContainerStats),
+    Route::new("POST", "/v1/containers/{id}/attach", Endpoint::ContainerAttach),
+    Route::new("POST", "/v1/containers/{id}/exec", Endpoint::ExecCreate),
+    Route::new("POST", "/v1/exec/{id}/start", Endpoint::ExecStart),
 ];
 
 /// `GET /v1/version`.
@@ -141,31 +187,41 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     paths: Paths,
     started: Instant,
-    store: StateStore,
+    store: Arc<StateStore>,
+    containers: Arc<Containers>,
     shutdown: Arc<Notify>,
     accel_cache: PathBuf,
 }
 
 impl AppState {
     /// State for a daemon serving `paths`; `shutdown` is notified by the shutdown route.
-    pub fn new(paths: Paths, store: StateStore, shutdown: Arc<Notify>) -> Self {
+    pub fn new(paths: Paths, store: Arc<StateStore>, shutdown: Arc<Notify>) -> Self {
         Self::with_accel_cache(paths, store, shutdown, info::ACCEL_CACHE.into())
     }
 
     /// Like [`AppState::new`], reading the accelerator from `accel_cache` (for tests).
     pub fn with_accel_cache(
         paths: Paths,
-        store: StateStore,
+        store: Arc<StateStore>,
         shutdown: Arc<Notify>,
         accel_cache: PathBuf,
     ) -> Self {
+        let containers = Containers::new(paths.home(), store.clone());
         AppState(Arc::new(Inner {
+            containers,
             paths,
             started: Instant::now(),
             store,
             shutdown,
             accel_cache,
         }))
+    }
+}
+
+impl AppState {
+    /// The container manager.
+    pub fn containers(&self) -> &Arc<Containers> {
+        &self.0.containers
     }
 }
 
@@ -186,6 +242,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
@@ -203,6 +271,9 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+mod containers;
+pub use containers::{parse_signal, UPGRADE_PROTOCOL};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -226,6 +297,21 @@ fn handler(filter: MethodFilter, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::DiskUsage => on(filter, disk_usage),
         Endpoint::Images => on(filter, images),
         Endpoint::Shutdown => on(filter, shutdown),
+        Endpoint::ContainerList => on(filter, containers::list),
+        Endpoint::ContainerCreate => on(filter, containers::create),
+        Endpoint::ContainerInspect => on(filter, containers::inspect),
+        Endpoint::ContainerRemove => on(filter, containers::remove),
+        Endpoint::ContainerStart => on(filter, containers::start),
+        Endpoint::ContainerStop => on(filter, containers::stop),
+        Endpoint::ContainerRestart => on(filter, containers::restart),
+        Endpoint::ContainerKill => on(filter, containers::kill),
+        Endpoint::ContainerWait => on(filter, containers::wait),
+        Endpoint::ContainerLogs => on(filter, containers::logs),
+        Endpoint::ContainerStats => on(filter, containers::stats),
+        Endpoint::ContainerAttach => on(filter, containers::attach),
+        Endpoint::ExecCreate => on(filter, containers::exec_create),
+        Endpoint::ExecStart => on(filter, containers::exec_start),
+        Endpoint::ContainerPrune => on(filter, containers::prune),
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod client;
+pub mod containers;
 pub mod info;
 pub mod logging;
 pub mod model;

@@ -109,7 +109,11 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
     write_pid(&paths.pid_file())?;
 
     let shutdown = Arc::new(Notify::new());
-    let app = api::router(AppState::new(paths.clone(), store, shutdown.clone()));
+    let state = AppState::new(paths.clone(), Arc::new(store), shutdown.clone());
+    if let Err(e) = state.containers().recover().await {
+        tracing::error!("recovering containers: {e:#}");
+    }
+    let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = stop_rx.await;

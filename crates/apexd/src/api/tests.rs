@@ -27,7 +27,7 @@ fn fixture() -> Fixture {
     let shutdown = Arc::new(Notify::new());
     let accel = home.join("accel.json");
     std::fs::write(&accel, r#"{"accel":"tcg"}"#).unwrap();
-    let state = AppState::with_accel_cache(paths, store, shutdown.clone(), accel);
+    let state = AppState::with_accel_cache(paths, Arc::new(store), shutdown.clone(), accel);
     Fixture {
         _dir: dir,
         home,

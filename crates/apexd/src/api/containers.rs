@@ -1,0 +1,356 @@
+//! Container routes (see [`crate::model`] for the list and the JSON types).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use apex_shim::logfile::{self, LogEntry};
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::UnixStream;
+
+use super::{ApiError, ApiResult, AppState, Message};
+use crate::model::{
+    ContainerRecord, ContainerState, ContainerSummary, CreateRequest, Created, ExecRequest,
+    PruneReport, WaitResult,
+};
+
+/// The `Upgrade` protocol name of attach and exec streams.
+pub const UPGRADE_PROTOCOL: &str = "apex-stream";
+
+#[derive(Deserialize)]
+pub(super) struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub(super) async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Vec<ContainerSummary>> {
+    Ok(Json(s.containers().list(q.all)?))
+}
+
+pub(super) async fn create(
+    State(s): State<AppState>,
+    body: Result<Json<CreateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok((StatusCode::CREATED, Json(s.containers().create(req).await?)))
+}
+
+pub(super) async fn inspect(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<ContainerRecord> {
+    Ok(Json(s.containers().resolve(&id)?))
+}
+
+pub(super) async fn start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<ContainerRecord> {
+    Ok(Json(s.containers().start(&id, false).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct StopQuery {
+    timeout: Option<u64>,
+}
+
+pub(super) async fn stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<ContainerRecord> {
+    Ok(Json(s.containers().stop(&id, q.timeout.unwrap_or(10)).await?))
+}
+
+pub(super) async fn restart(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<ContainerRecord> {
+    let c = s.containers();
+    c.stop(&id, q.timeout.unwrap_or(10)).await?;
+    Ok(Json(c.start(&id, false).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct KillQuery {
+    signal: Option<String>,
+}
+
+/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "TRAP" => 5,
+        "ABRT" => 6,
+        "BUS" => 7,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "CHLD" => 17,
+        "CONT" => 18,
+        "STOP" => 19,
+        "TSTP" => 20,
+        "WINCH" => 28,
+        _ => return None,
+    })
+}
+
+pub(super) async fn kill(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> ApiResult<Message> {
+    let name = q.signal.unwrap_or_else(|| "KILL".into());
+    let sig = parse_signal(&name).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("invalid signal {name:?}"))
+    })?;
+    s.containers().kill(&id, sig).await?;
+    Ok(Json(Message {
+        message: format!("sent signal {sig}"),
+    }))
+}
+
+pub(super) async fn wait(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<WaitResult> {
+    Ok(Json(s.containers().wait(&id).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub(super) async fn remove(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Message> {
+    s.containers().remove(&id, q.force).await?;
+    Ok(Json(Message {
+        message: format!("removed {id}"),
+    }))
+}
+
+pub(super) async fn prune(State(s): State<AppState>) -> ApiResult<PruneReport> {
+    Ok(Json(PruneReport {
+        deleted: s.containers().prune().await?,
+    }))
+}
+
+pub(super) async fn stats(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<apex_shim::proto::Stats> {
+    Ok(Json(s.containers().stats(&id).await?))
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+/// NDJSON log lines; with `follow`, streams until the container is no longer running.
+pub(super) async fn logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let c = s.containers();
+    let rec = c.resolve(&id)?;
+    let path = c.bundle(&rec.id).log();
+    let (tail, mut follower) = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || logfile::read_tail_then_follow(&path, q.tail))
+            .await
+            .map_err(|e| anyhow::anyhow!("worker failed: {e}"))??
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let c2 = c.clone();
+    let id = rec.id.clone();
+    tokio::spawn(async move {
+        if send_entries(&tx, tail).await.is_err() || !q.follow {
+            return;
+        }
+        let mut changes = c2.subscribe();
+        loop {
+            let running = c2
+                .store()
+                .get(&id)
+                .ok()
+                .flatten()
+                .is_some_and(|r| matches!(r.state, ContainerState::Running | ContainerState::Restarting));
+            let (entries, f) = match tokio::task::spawn_blocking(move || {
+                let e = follower.poll();
+                (e, follower)
+            })
+            .await
+            {
+                Ok(x) => x,
+                Err(_) => return,
+            };
+            follower = f;
+            if send_entries(&tx, entries.unwrap_or_default()).await.is_err() {
+                return; // client went away
+            }
+            if !running {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = changes.recv() => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .expect("valid response"))
+}
+
+async fn send_entries(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    entries: Vec<LogEntry>,
+) -> Result<(), ()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut buf = Vec::new();
+    for e in entries {
+        serde_json::to_writer(&mut buf, &e).expect("serializable");
+        buf.push(b'\n');
+    }
+    tx.send(Bytes::from(buf)).await.map_err(|_| ())
+}
+
+#[derive(Deserialize)]
+pub(super) struct AttachQuery {
+    #[serde(default)]
+    stdin: bool,
+    #[serde(default)]
+    start: bool,
+}
+
+/// Answers 101 and splices the upgraded connection to `shim`.
+fn splice(mut req: Request, shim: UnixStream) -> Response {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => {
+                let mut client = TokioIo::new(up);
+                let mut shim = shim;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut shim).await;
+            }
+            Err(e) => tracing::warn!("upgrade failed: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, UPGRADE_PROTOCOL)
+        .body(Body::empty())
+        .expect("valid response")
+}
+
+fn require_upgrade(req: &Request) -> Result<(), ApiError> {
+    let ok = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("this route needs `Connection: Upgrade` and `Upgrade: {UPGRADE_PROTOCOL}`"),
+        ))
+    }
+}
+
+pub(super) async fn attach(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<AttachQuery>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    require_upgrade(&req)?;
+    let c = s.containers();
+    let mut rec = c.resolve(&id)?;
+    if q.start && rec.state != ContainerState::Running {
+        rec = c.start(&rec.id, true).await?;
+    }
+    if rec.state != ContainerState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("container {} is not running", rec.name),
+        ));
+    }
+    let shim = c.attach_stream(&rec.id, q.stdin).await?;
+    Ok(splice(req, shim))
+}
+
+pub(super) async fn exec_create(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ExecRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    Ok((StatusCode::CREATED, Json(s.containers().exec_create(&id, req)?)))
+}
+
+pub(super) async fn exec_start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    require_upgrade(&req)?;
+    let shim = s.containers().exec_start(&id).await?;
+    Ok(splice(req, shim))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Some(15));
+        assert_eq!(parse_signal("sigkill"), Some(9));
+        assert_eq!(parse_signal("SIGUSR1"), Some(10));
+        assert_eq!(parse_signal("2"), Some(2));
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("NOPE"), None);
+    }
+}

@@ -1,0 +1,861 @@
+//! Container lifecycle: records in the state database, one `apex-shim` per running
+//! container, exit monitoring, restart policies, and re-attaching after a restart.
+//!
+//! Lifecycle operations on one container are serialized by a per-container lock;
+//! different containers proceed in parallel. A shim is identified by its pid: the
+//! monitor of an old shim never overwrites the state of a newer start.
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use apex_runtime::spec::{self, ImageProcessConfig, RunOverrides};
+use apex_shim::bundle::{Bundle, ShimConfig};
+use apex_shim::proto::{self, ExecSpec, Request, ShimError, Stats};
+use apex_shim::stream::Exit;
+use axum::http::StatusCode;
+use tokio::net::UnixStream;
+use tokio::sync::broadcast;
+
+use crate::api::ApiError;
+use crate::model::{ContainerSummary, CreateRequest, Created, ExecRequest, RestartPolicy, WaitResult};
+use crate::store::{ContainerConfig, ContainerRecord, ContainerState, StateStore};
+
+/// How long a new shim may take to answer on its socket.
+const SHIM_READY: Duration = Duration::from_secs(10);
+/// Container log size before rotation (two files are kept).
+const LOG_MAX_BYTES: u64 = 8 << 20;
+/// Restart back-off: 100 ms doubling up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The container manager.
+pub struct Containers {
+    home: PathBuf,
+    store: Arc<StateStore>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    create_lock: tokio::sync::Mutex<()>,
+    execs: Mutex<HashMap<String, (String, ExecSpec)>>,
+    changed: broadcast::Sender<String>,
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no such container: {what}"))
+}
+
+fn conflict(msg: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, msg)
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut b = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Docker's name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn valid_name(n: &str) -> bool {
+    let mut c = n.chars();
+    c.next().is_some_and(|f| f.is_ascii_alphanumeric())
+        && c.all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch))
+        && n.len() <= 128
+}
+
+/// A generated name: `adjective_noun` (plus digits when taken).
+fn generated_name(taken: &dyn Fn(&str) -> bool) -> String {
+    const ADJ: &[&str] = &[
+        "brave", "calm", "eager", "fast", "gentle", "happy", "keen", "lucid", "merry", "nimble",
+        "proud", "quiet", "rapid", "sharp", "tidy", "vivid", "witty", "young", "zesty", "bold",
+    ];
+    const NOUN: &[&str] = &[
+        "apex", "badger", "comet", "dune", "falcon", "glacier", "harbor", "island", "jaguar",
+        "kernel", "lynx", "meadow", "nebula", "otter", "pine", "quartz", "river", "summit",
+        "tiger", "vortex",
+    ];
+    let r = u64::from_str_radix(&random_hex(4), 16).unwrap_or(0) as usize;
+    let base = format!("{}_{}", ADJ[r % ADJ.len()], NOUN[(r / ADJ.len()) % NOUN.len()]);
+    if !taken(&base) {
+        return base;
+    }
+    (2..)
+        .map(|n| format!("{base}{n}"))
+        .find(|n| !taken(n))
+        .expect("some free name")
+}
+
+/// The `apex-shim` binary: `$APEX_SHIM`, else next to this executable.
+fn shim_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("APEX_SHIM") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("cannot locate apexd")?;
+    let p = exe.with_file_name("apex-shim");
+    anyhow::ensure!(p.is_file(), "apex-shim not found next to {}", exe.display());
+    Ok(p)
+}
+
+impl Containers {
+    /// A manager over `store`, bundles under `<home>/containers`.
+    pub fn new(home: &Path, store: Arc<StateStore>) -> Arc<Self> {
+        Arc::new(Containers {
+            home: home.to_path_buf(),
+            store,
+            locks: Mutex::default(),
+            create_lock: tokio::sync::Mutex::new(()),
+            execs: Mutex::default(),
+            changed: broadcast::channel(256).0,
+        })
+    }
+
+    /// The state store.
+    pub fn store(&self) -> &StateStore {
+        &self.store
+    }
+
+    /// A container's bundle.
+    pub fn bundle(&self, id: &str) -> Bundle {
+        Bundle::new(self.home.join("containers").join(id))
+    }
+
+    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("locks")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn put(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+        self.store.put(rec).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot save container state: {e:#}"),
+            )
+        })?;
+        let _ = self.changed.send(rec.id.clone());
+        Ok(())
+    }
+
+    /// Finds a container by full id, name, or unique id prefix.
+    pub fn resolve(&self, what: &str) -> Result<ContainerRecord, ApiError> {
+        if what.is_empty() {
+            return Err(not_found(what));
+        }
+        if let Some(r) = self.store.get(what).ok().flatten() {
+            return Ok(r);
+        }
+        let all = self.store.list()?;
+        if let Some(r) = all.iter().find(|r| r.name == what) {
+            return Ok(r.clone());
+        }
+        let hits: Vec<_> = all.into_iter().filter(|r| r.id.starts_with(what)).collect();
+        match hits.len() {
+            0 => Err(not_found(what)),
+            1 => Ok(hits.into_iter().next().expect("one")),
+            n => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{what:?} matches {n} containers: give more of the id"),
+            )),
+        }
+    }
+
+    /// `GET /v1/containers`.
+    pub fn list(&self, all: bool) -> Result<Vec<ContainerSummary>, ApiError> {
+        let mut recs = self.store.list()?;
+        recs.sort_by(|a, b| b.created.cmp(&a.created));
+        Ok(recs
+            .into_iter()
+            .filter(|r| all || matches!(r.state, ContainerState::Running | ContainerState::Restarting))
+            .map(|r| summary(&r))
+            .collect())
+    }
+
+    /// `POST /v1/containers`.
+    pub async fn create(&self, req: CreateRequest) -> Result<Created, ApiError> {
+        if let Some(n) = &req.name {
+            if !valid_name(n) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"),
+                ));
+            }
+        }
+        let home = self.home.clone();
+        let image = req.image.clone();
+        let (rec, image_cfg) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+            let store = apex_oci::ImageStore::open(&home)?;
+            let rec = match store.resolve(&image) {
+                Ok((rec, _)) => rec,
+                Err(e) if e.downcast_ref::<apex_oci::ImageError>().is_some_and(|e| {
+                    matches!(e, apex_oci::ImageError::NotFoundLocally(_))
+                }) =>
+                {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("no such image: {image}"),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let cfg = ImageProcessConfig::from_image_config(&store.config_json(&rec)?)?;
+            Ok((rec, cfg))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("worker failed: {e}"))??;
+        let home = self.home.clone();
+        let rootfs = {
+            let store = apex_oci::ImageStore::open(&home)?;
+            store.ensure_rootfs(&rec).await?.path
+        };
+        let id = random_hex(32);
+        let _names = self.create_lock.lock().await;
+        let existing = self.store.list()?;
+        let taken = |n: &str| existing.iter().any(|r| r.name == n);
+        let name = match &req.name {
+            Some(n) if taken(n) => {
+                let other = existing.iter().find(|r| &r.name == n).expect("taken");
+                return Err(conflict(format!(
+                    "the name {n:?} is already in use by container {}: remove it or pick another name",
+                    &other.id[..12]
+                )));
+            }
+            Some(n) => n.clone(),
+            None => generated_name(&taken),
+        };
+        let overrides = RunOverrides {
+            entrypoint: req.entrypoint.clone(),
+            command: req.command.clone(),
+            env: req.env.clone(),
+            env_files: vec![],
+            workdir: req.workdir.clone(),
+            user: req.user.clone(),
+            tty: req.tty,
+            hostname: Some(name.clone()),
+        };
+        let process = spec::resolve(&image_cfg, &overrides, |_| None)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+        let rec = ContainerRecord {
+            id: id.clone(),
+            name: name.clone(),
+            image: req.image.clone(),
+            created: now(),
+            state: ContainerState::Created,
+            config: ContainerConfig {
+                process,
+                stdin_open: req.stdin_open,
+                cpus: req.cpus.unwrap_or(1).max(1),
+                memory_mib: req.memory_mib.unwrap_or(256),
+                boot_timeout_s: req.boot_timeout_s.unwrap_or(60),
+                restart: req.restart,
+                auto_remove: req.auto_remove,
+                rootfs,
+                image_id: rec.config_digest.to_string(),
+            },
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            exit_reason: None,
+            restart_count: 0,
+            stopped_by_user: false,
+            shim_pid: None,
+        };
+        let bundle = self.bundle(&id);
+        std::fs::create_dir_all(bundle.dir())
+            .with_context(|| format!("cannot create {}", bundle.dir().display()))?;
+        self.put(&rec)?;
+        tracing::info!(id = &id[..12], name, image = req.image, "container created");
+        Ok(Created { id, name })
+    }
+
+    /// Starts a created or exited container; no-op if it runs.
+    pub async fn start(
+        self: &Arc<Self>,
+        what: &str,
+        wait_attach: bool,
+    ) -> Result<ContainerRecord, ApiError> {
+        let id = self.resolve(what)?.id;
+        let lock = self.lock_of(&id);
+        let _g = lock.lock().await;
+        let mut rec = self.resolve(&id)?;
+        rec.stopped_by_user = false;
+        self.start_locked(rec, wait_attach).await
+    }
+
+    async fn start_locked(
+        self: &Arc<Self>,
+        mut rec: ContainerRecord,
+        wait_attach: bool,
+    ) -> Result<ContainerRecord, ApiError> {
+        if rec.state == ContainerState::Running {
+            return Ok(rec);
+        }
+        let bundle = self.bundle(&rec.id);
+        std::fs::create_dir_all(bundle.dir())
+            .with_context(|| format!("cannot create {}", bundle.dir().display()))?;
+        let cfg = ShimConfig {
+            id: rec.id.clone(),
+            name: rec.name.clone(),
+            home: self.home.clone(),
+            rootfs: rec.config.rootfs.clone(),
+            hostname: rec.name.clone(),
+            cpus: rec.config.cpus,
+            memory_mib: rec.config.memory_mib,
+            boot_timeout_s: rec.config.boot_timeout_s,
+            process: rec.config.process.clone(),
+            stdin_open: rec.config.stdin_open,
+            wait_attach,
+            log_max_bytes: LOG_MAX_BYTES,
+        };
+        bundle.write_config(&cfg).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot write the container config: {e:#}"),
+            )
+        })?;
+        let _ = std::fs::remove_file(bundle.exit_file());
+        let pid = self.spawn_shim(&bundle).await?;
+        rec.state = ContainerState::Running;
+        rec.started_at = Some(now());
+        rec.finished_at = None;
+        rec.exit_code = None;
+        rec.exit_reason = None;
+        rec.shim_pid = Some(pid);
+        self.put(&rec)?;
+        tracing::info!(id = &rec.id[..12], shim_pid = pid, "container started");
+        self.clone().monitor(rec.id.clone(), pid);
+        Ok(rec)
+    }
+
+    /// Spawns the shim in its own session (it outlives apexd) and waits for its socket.
+    async fn spawn_shim(&self, bundle: &Bundle) -> Result<u32, ApiError> {
+        let bin = shim_bin()?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bundle.shim_log())
+            .with_context(|| format!("cannot open {}", bundle.shim_log().display()))?;
+        let _ = std::fs::remove_file(bundle.socket());
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.arg("--bundle")
+            .arg(bundle.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setsid(2), which is async-signal-safe and touches no shared memory.
+        unsafe {
+            cmd.as_std_mut().pre_exec(|| {
+                rustix::process::setsid()?;
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let pid = child.id().unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + SHIM_READY;
+        let sock = bundle.socket();
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                let log = std::fs::read_to_string(bundle.shim_log()).unwrap_or_default();
+                let tail: Vec<_> = log.lines().rev().take(5).collect();
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "the container helper exited at start ({st}): {}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    ),
+                ));
+            }
+            if UnixStream::connect(&sock).await.is_ok() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the container helper did not answer within {SHIM_READY:?}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Reap it when it exits (while we live; after an apexd restart init does).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(pid)
+    }
+
+    /// Watches one shim until its container exits, then records the exit.
+    fn monitor(self: Arc<Self>, id: String, shim_pid: u32) {
+        tokio::spawn(async move {
+            let bundle = self.bundle(&id);
+            let res = proto::request::<Option<Exit>>(&bundle.socket(), &Request::Wait).await;
+            let exit = match res {
+                Ok(Some(e)) => e,
+                Ok(None) | Err(_) => {
+                    // Gone without answering: give it a moment to finish writing.
+                    wait_pid_gone(shim_pid, Duration::from_secs(3)).await;
+                    bundle.read_exit().unwrap_or_else(|| Exit {
+                        exit_code: 255,
+                        reason: Some("the container helper died".into()),
+                        error: None,
+                    })
+                }
+            };
+            // The shim exits right after answering; let it finish so a restart never
+            // races it for the bundle.
+            wait_pid_gone(shim_pid, Duration::from_secs(5)).await;
+            self.on_exit(&id, shim_pid, exit).await;
+        });
+    }
+
+    /// Records an exit of the shim `shim_pid` and applies the restart policy.
+    async fn on_exit(self: &Arc<Self>, id: &str, shim_pid: u32, exit: Exit) {
+        let lock = self.lock_of(id);
+        let g = lock.lock().await;
+        let Ok(Some(mut rec)) = self.store.get(id) else {
+            return;
+        };
+        if rec.shim_pid != Some(shim_pid) {
+            return; // Already handled (stop, rm) or superseded by a newer start.
+        }
+        rec.state = ContainerState::Exited;
+        rec.exit_code = Some(exit.exit_code);
+        rec.exit_reason = exit.reason.clone().or(exit.error.clone());
+        rec.finished_at = Some(now());
+        rec.shim_pid = None;
+        tracing::info!(
+            id = &id[..12],
+            code = exit.exit_code,
+            reason = ?rec.exit_reason,
+            "container exited"
+        );
+        if rec.config.auto_remove {
+            drop(g);
+            let _ = self.remove_locked_free(&rec.id).await;
+            return;
+        }
+        let restart = should_restart(&rec);
+        if restart {
+            rec.state = ContainerState::Restarting;
+        }
+        if self.put(&rec).is_err() {
+            return;
+        }
+        drop(g);
+        if restart {
+            let delay = Duration::from_millis(100)
+                .saturating_mul(1 << rec.restart_count.min(7))
+                .min(MAX_BACKOFF);
+            let me = self.clone();
+            let id = id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let lock = me.lock_of(&id);
+                let _g = lock.lock().await;
+                let Ok(Some(mut rec)) = me.store.get(&id) else {
+                    return;
+                };
+                if rec.state != ContainerState::Restarting {
+                    return; // stopped or removed meanwhile
+                }
+                rec.restart_count += 1;
+                tracing::info!(id = &id[..12], count = rec.restart_count, "restarting");
+                if let Err(e) = me.start_locked(rec.clone(), false).await {
+                    tracing::error!(id = &id[..12], "restart failed: {}", e.message());
+                    rec.state = ContainerState::Exited;
+                    rec.exit_reason = Some(format!("restart failed: {}", e.message()));
+                    let _ = me.put(&rec);
+                }
+            });
+        }
+    }
+
+    /// `POST .../stop`: SIGTERM, then SIGKILL after `timeout_s`.
+    pub async fn stop(&self, what: &str, timeout_s: u64) -> Result<ContainerRecord, ApiError> {
+        let id = self.resolve(what)?.id;
+        let lock = self.lock_of(&id);
+        let _g = lock.lock().await;
+        let mut rec = self.resolve(&id)?;
+        rec.stopped_by_user = true;
+        if rec.state == ContainerState::Restarting {
+            rec.state = ContainerState::Exited;
+        }
+        if rec.state != ContainerState::Running {
+            self.put(&rec)?;
+            return Ok(rec);
+        }
+        self.put(&rec)?;
+        let sock = self.bundle(&id).socket();
+        let res = proto::request::<Option<Exit>>(&sock, &Request::Stop { timeout_s }).await;
+        let exit = match res {
+            Ok(Some(e)) => e,
+            _ => self.bundle(&id).read_exit().unwrap_or(Exit {
+                exit_code: 137,
+                reason: Some("the container helper was gone".into()),
+                error: None,
+            }),
+        };
+        if let Some(pid) = rec.shim_pid {
+            wait_pid_gone(pid, Duration::from_secs(5)).await;
+        }
+        rec.state = ContainerState::Exited;
+        rec.exit_code = Some(exit.exit_code);
+        rec.exit_reason = exit.reason.or(exit.error);
+        rec.finished_at = Some(now());
+        rec.shim_pid = None;
+        self.put(&rec)?;
+        Ok(rec)
+    }
+
+    /// `POST .../kill`.
+    pub async fn kill(&self, what: &str, signal: i32) -> Result<(), ApiError> {
+        let id = self.resolve(what)?.id;
+        let lock = self.lock_of(&id);
+        let _g = lock.lock().await;
+        let mut rec = self.resolve(&id)?;
+        if rec.state != ContainerState::Running {
+            return Err(conflict(format!("container {} is not running", rec.name)));
+        }
+        rec.stopped_by_user = true;
+        self.put(&rec)?;
+        proto::request::<()>(&self.bundle(&id).socket(), &Request::Kill { signal })
+            .await
+            .map_err(shim_err)
+    }
+
+    /// `DELETE /v1/containers/{id}`.
+    pub async fn remove(&self, what: &str, force: bool) -> Result<(), ApiError> {
+        let rec = self.resolve(what)?;
+        let lock = self.lock_of(&rec.id);
+        let _g = lock.lock().await;
+        let rec = self.resolve(&rec.id)?;
+        if rec.state == ContainerState::Running {
+            if !force {
+                return Err(conflict(format!(
+                    "container {} is running: stop it first or use rm -f",
+                    rec.name
+                )));
+            }
+            let sock = self.bundle(&rec.id).socket();
+            let _ = proto::request::<()>(&sock, &Request::Kill { signal: 9 }).await;
+            if let Some(pid) = rec.shim_pid {
+                if !wait_pid_gone(pid, Duration::from_secs(5)).await {
+                    kill_pid(pid);
+                    wait_pid_gone(pid, Duration::from_secs(2)).await;
+                }
+            }
+        }
+        self.remove_record(&rec.id)
+    }
+
+    async fn remove_locked_free(&self, id: &str) -> Result<(), ApiError> {
+        let lock = self.lock_of(id);
+        let _g = lock.lock().await;
+        self.remove_record(id)
+    }
+
+    fn remove_record(&self, id: &str) -> Result<(), ApiError> {
+        self.store.delete(id)?;
+        let _ = std::fs::remove_dir_all(self.bundle(id).dir());
+        self.locks.lock().expect("locks").remove(id);
+        let _ = self.changed.send(id.to_string());
+        tracing::info!(id = &id[..12], "container removed");
+        Ok(())
+    }
+
+    /// `POST /v1/containers/prune`: removes every exited or created container.
+    pub async fn prune(&self) -> Result<Vec<String>, ApiError> {
+        let mut out = Vec::new();
+        for r in self.store.list()? {
+            if matches!(r.state, ContainerState::Exited | ContainerState::Created)
+                && self.remove(&r.id, false).await.is_ok()
+            {
+                out.push(r.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `GET .../wait`: blocks until the container is not running.
+    pub async fn wait(&self, what: &str) -> Result<WaitResult, ApiError> {
+        let id = self.resolve(what)?.id;
+        let mut rx = self.changed.subscribe();
+        loop {
+            let Some(rec) = self.store.get(&id)? else {
+                return Err(not_found(what));
+            };
+            if matches!(rec.state, ContainerState::Exited | ContainerState::Created) {
+                return Ok(WaitResult {
+                    exit_code: rec.exit_code.unwrap_or(0),
+                    reason: rec.exit_reason,
+                });
+            }
+            // Wake on any change; re-check at least every second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        }
+    }
+
+    /// `GET .../stats`.
+    pub async fn stats(&self, what: &str) -> Result<Stats, ApiError> {
+        let rec = self.resolve(what)?;
+        if rec.state != ContainerState::Running {
+            return Err(conflict(format!("container {} is not running", rec.name)));
+        }
+        proto::request(&self.bundle(&rec.id).socket(), &Request::Stats)
+            .await
+            .map_err(shim_err)
+    }
+
+    /// Connects to a running container's shim for an attach.
+    pub async fn attach_stream(
+        &self,
+        id: &str,
+        stdin: bool,
+    ) -> Result<UnixStream, ApiError> {
+        let sock = self.bundle(id).socket();
+        let (_, s) = proto::call(&sock, &Request::Attach { stdin })
+            .await
+            .map_err(shim_err)?;
+        Ok(s)
+    }
+
+    /// `POST .../exec`: registers an exec; it runs on `POST /v1/exec/{id}/start`.
+    pub fn exec_create(&self, what: &str, req: ExecRequest) -> Result<Created, ApiError> {
+        let rec = self.resolve(what)?;
+        if rec.state != ContainerState::Running {
+            return Err(conflict(format!("container {} is not running", rec.name)));
+        }
+        if req.command.is_empty() {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "exec needs a command"));
+        }
+        let id = random_hex(32);
+        let spec = ExecSpec {
+            args: req.command,
+            env: req.env,
+            workdir: req.workdir,
+            user: req.user,
+            tty: req.tty,
+            stdin: req.stdin,
+        };
+        self.execs
+            .lock()
+            .expect("execs")
+            .insert(id.clone(), (rec.id, spec));
+        Ok(Created {
+            id,
+            name: String::new(),
+        })
+    }
+
+    /// Starts a registered exec; the returned stream carries its frames.
+    pub async fn exec_start(&self, exec_id: &str) -> Result<UnixStream, ApiError> {
+        let (cid, spec) = self
+            .execs
+            .lock()
+            .expect("execs")
+            .remove(exec_id)
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::NOT_FOUND, format!("no such exec: {exec_id}"))
+            })?;
+        let sock = self.bundle(&cid).socket();
+        let (_, s) = proto::call(&sock, &Request::Exec(spec))
+            .await
+            .map_err(shim_err)?;
+        Ok(s)
+    }
+
+    /// Subscribes to container changes (ids).
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.changed.subscribe()
+    }
+
+    /// After an apexd restart: re-attach to live shims, record exits that happened while
+    /// we were down, and apply restart policies.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        for rec in self.store.list()? {
+            let bundle = self.bundle(&rec.id);
+            match rec.state {
+                ContainerState::Running => {
+                    let pid = rec.shim_pid.unwrap_or(0);
+                    let alive = bundle.live_shim_pid() == Some(pid)
+                        && UnixStream::connect(bundle.socket()).await.is_ok();
+                    if alive {
+                        tracing::info!(id = &rec.id[..12], shim_pid = pid, "re-attached");
+                        self.clone().monitor(rec.id.clone(), pid);
+                    } else {
+                        let exit = bundle.read_exit().unwrap_or(Exit {
+                            exit_code: 255,
+                            reason: Some("the container helper died while apexd was down".into()),
+                            error: None,
+                        });
+                        tracing::info!(id = &rec.id[..12], "exited while apexd was down");
+                        self.on_exit(&rec.id, pid, exit).await;
+                    }
+                }
+                ContainerState::Restarting => {
+                    let pid = rec.shim_pid.unwrap_or(0);
+                    let mut r = rec.clone();
+                    r.state = ContainerState::Running;
+                    r.shim_pid = Some(pid);
+                    self.store.put(&r)?;
+                    self.on_exit(&rec.id, pid, Exit {
+                        exit_code: rec.exit_code.unwrap_or(0),
+                        reason: rec.exit_reason.clone(),
+                        error: None,
+                    })
+                    .await;
+                }
+                ContainerState::Exited
+                    if rec.config.restart == RestartPolicy::Always && rec.stopped_by_user =>
+                {
+                    // Docker semantics: `always` comes back when the daemon starts.
+                    let me = self.clone();
+                    let id = rec.id.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.start(&id, false).await {
+                            tracing::error!(id = &id[..12], "restart failed: {}", e.message());
+                        }
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the restart policy restarts this just-exited container.
+fn should_restart(rec: &ContainerRecord) -> bool {
+    match rec.config.restart {
+        RestartPolicy::No => false,
+        _ if rec.stopped_by_user => false,
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        RestartPolicy::OnFailure { max_retries } => {
+            rec.exit_code != Some(0) && (max_retries == 0 || rec.restart_count < max_retries)
+        }
+    }
+}
+
+fn shim_err(e: ShimError) -> ApiError {
+    match e {
+        ShimError::Gone(_) => conflict("container is not running (its helper is gone)"),
+        ShimError::Refused(m) => conflict(m),
+        ShimError::Io(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("container helper: {e}"),
+        ),
+    }
+}
+
+fn kill_pid(pid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+/// Waits until `pid` no longer exists; whether it went within `timeout`.
+async fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return true;
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let alive = rustix::process::test_kill_process(p).is_ok() && !is_zombie(pid);
+        if !alive {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The `ls` row of a record.
+pub fn summary(r: &ContainerRecord) -> ContainerSummary {
+    let since = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| human_duration(chrono::Utc::now().signed_duration_since(t)))
+            .unwrap_or_else(|| "?".into())
+    };
+    let status = match r.state {
+        ContainerState::Created => "Created".to_string(),
+        ContainerState::Running => format!("Up {}", since(&r.started_at)),
+        ContainerState::Restarting => {
+            format!("Restarting ({}) {} ago", r.exit_code.unwrap_or(0), since(&r.finished_at))
+        }
+        ContainerState::Exited => {
+            format!("Exited ({}) {} ago", r.exit_code.unwrap_or(0), since(&r.finished_at))
+        }
+    };
+    ContainerSummary {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        image: r.image.clone(),
+        command: r.config.process.args.join(" "),
+        created: r.created.clone(),
+        state: r.state,
+        status,
+        exit_code: r.exit_code,
+    }
+}
+
+fn human_duration(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0 => "less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "1 minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "1 hour".into(),
+        7200..=86399 => format!("{} hours", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1.a_b"));
+        assert!(!valid_name("-web"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a b"));
+        assert!(!valid_name("a/b"));
+        let n = generated_name(&|_| false);
+        assert!(valid_name(&n) && n.contains('_'), "{n}");
+        let n2 = generated_name(&|n| !n.ends_with('3'));
+        assert!(n2.ends_with('3'), "{n2}");
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(5)), "5 seconds");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(130)), "2 minutes");
+        assert_eq!(human_duration(chrono::TimeDelta::seconds(-3)), "less than a second");
+    }
+}
