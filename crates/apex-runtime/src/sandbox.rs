@@ -226,6 +226,21 @@ impl Sandbox {
         std::fs::read_to_string(self.vm.console_log()).unwrap_or_default()
     }
 
+    /// QEMU's pid.
+    pub fn vm_pid(&self) -> u32 {
+        self.vm.pid()
+    }
+
+    /// QEMU's exit status if it has exited (non-blocking).
+    pub fn vm_exit_status(&self) -> Option<std::process::ExitStatus> {
+        self.vm.exit_status()
+    }
+
+    /// The last `lines` lines of the VM console.
+    pub fn console_tail(&self, lines: usize) -> String {
+        self.vm.boot_log_tail(lines)
+    }
+
     /// Where the VM keeps sockets and logs.
     pub fn state_dir(&self) -> &Path {
         self.vm.state_dir()
