@@ -5,11 +5,13 @@
 //!   without auth, with HTTP basic auth, or with bearer-token auth served in-process;
 //! - [`images`]: OCI image layouts written by hand (busybox, multi-arch, layered, hostile);
 //! - [`skopeo`]: an independent client to push, pull and inspect, to cross-check Apex;
+//! - [`env`]: registry + busybox + pulled home, ready for VM tests;
 //! - [`apex`]: helpers that run the `apex` CLI binary with an isolated `APEX_HOME`.
 
 #![warn(missing_docs)]
 
 pub mod apex;
+pub mod env;
 pub mod images;
 pub mod registry;
 pub mod skopeo;

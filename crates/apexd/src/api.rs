@@ -64,6 +64,8 @@ pub enum Endpoint {
     ExecStart,
     /// `POST /v1/containers/prune`.
     ContainerPrune,
+    /// `POST /v1/images/pull`.
+    ImagePull,
 }
 
 /// One served route.
@@ -94,6 +96,7 @@ pub const ROUTES: &[Route] = &[
     Route::new("GET", "/v1/system/df", Endpoint::DiskUsage),
     Route::new("POST", "/v1/system/shutdown", Endpoint::Shutdown),
     Route::new("GET", "/v1/images", Endpoint::Images),
+    Route::new("POST", "/v1/images/pull", Endpoint::ImagePull),
     Route::new("GET", "/v1/containers", Endpoint::ContainerList),
     Route::new("POST", "/v1/containers", Endpoint::ContainerCreate),
     Route::new("POST", "/v1/containers/prune", Endpoint::ContainerPrune),
@@ -273,6 +276,7 @@ impl IntoResponse for ApiError {
 }
 
 mod containers;
+mod pull;
 pub use containers::{parse_signal, UPGRADE_PROTOCOL};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -312,6 +316,7 @@ fn handler(filter: MethodFilter, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::ExecCreate => on(filter, containers::exec_create),
         Endpoint::ExecStart => on(filter, containers::exec_start),
         Endpoint::ContainerPrune => on(filter, containers::prune),
+        Endpoint::ImagePull => on(filter, pull::pull),
     }
 }
 

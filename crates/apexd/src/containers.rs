@@ -852,6 +852,85 @@ mod tests {
         assert!(n2.ends_with('3'), "{n2}");
     }
 
+    fn record(id: &str, name: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            name: name.into(),
+            image: "busybox".into(),
+            created: now(),
+            state: ContainerState::Exited,
+            config: ContainerConfig {
+                process: apex_runtime::spec::ProcessSpec {
+                    args: vec!["true".into()],
+                    env: vec![],
+                    cwd: "/".into(),
+                    user: "0".into(),
+                    terminal: false,
+                },
+                stdin_open: false,
+                cpus: 1,
+                memory_mib: 128,
+                boot_timeout_s: 60,
+                restart: RestartPolicy::No,
+                auto_remove: false,
+                rootfs: "/x".into(),
+                image_id: "sha256:0".into(),
+            },
+            started_at: None,
+            finished_at: None,
+            exit_code: Some(1),
+            exit_reason: None,
+            restart_count: 0,
+            stopped_by_user: false,
+            shim_pid: None,
+        }
+    }
+
+    #[test]
+    fn restart_decisions() {
+        let mut r = record(&"a".repeat(64), "a");
+        assert!(!should_restart(&r), "no");
+        r.config.restart = RestartPolicy::OnFailure { max_retries: 2 };
+        assert!(should_restart(&r));
+        r.restart_count = 2;
+        assert!(!should_restart(&r), "retry limit");
+        r.config.restart = RestartPolicy::OnFailure { max_retries: 0 };
+        assert!(should_restart(&r), "0 = unbounded");
+        r.exit_code = Some(0);
+        assert!(!should_restart(&r), "success is not a failure");
+        r.config.restart = RestartPolicy::Always;
+        assert!(should_restart(&r));
+        r.config.restart = RestartPolicy::UnlessStopped;
+        assert!(should_restart(&r));
+        r.stopped_by_user = true;
+        assert!(!should_restart(&r), "explicit stop wins");
+        r.config.restart = RestartPolicy::Always;
+        assert!(!should_restart(&r), "until the daemon restarts");
+    }
+
+    #[test]
+    fn resolve_by_id_name_and_unique_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(&dir.path().join("state.redb")).unwrap());
+        let a = record(&format!("ab{}", "1".repeat(62)), "web");
+        let b = record(&format!("ac{}", "2".repeat(62)), "db");
+        store.put(&a).unwrap();
+        store.put(&b).unwrap();
+        let c = Containers::new(dir.path(), store);
+        assert_eq!(c.resolve(&a.id).unwrap().name, "web");
+        assert_eq!(c.resolve("db").unwrap().id, b.id);
+        assert_eq!(c.resolve("ab1").unwrap().name, "web");
+        let amb = c.resolve("a").unwrap_err();
+        assert_eq!(amb.status(), StatusCode::BAD_REQUEST);
+        assert!(amb.message().contains("matches 2"), "{}", amb.message());
+        assert_eq!(c.resolve("zz").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(c.resolve("").unwrap_err().status(), StatusCode::NOT_FOUND);
+        let l = c.list(true).unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(l.iter().all(|s| s.status.starts_with("Exited (1)")), "{l:?}");
+        assert!(c.list(false).unwrap().is_empty());
+    }
+
     #[test]
     fn human_durations() {
         assert_eq!(human_duration(chrono::TimeDelta::seconds(5)), "5 seconds");

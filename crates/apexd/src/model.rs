@@ -19,6 +19,8 @@
 //!   [`LogEntry`] lines (chunked; with `follow`, until the container stops)
 //! - `GET /v1/containers/{id}/stats` → [`apex_shim::proto::Stats`]
 //! - `POST /v1/containers/{id}/exec` [`ExecRequest`] → 201 [`Created`] (exec id)
+//! - `POST /v1/images/pull` [`PullRequest`] → NDJSON [`PullEvent`] lines, the last one
+//!   `done` or `error`
 //! - `POST /v1/exec/{exec_id}/start` with upgrade as for attach → 101 + frames, ending
 //!   with an `Exit` frame carrying the exec'd process's exit code
 //!
@@ -218,6 +220,72 @@ pub struct ExecRequest {
     /// Forward stdin.
     #[serde(default)]
     pub stdin: bool,
+}
+
+/// `POST /v1/images/pull`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// Image reference.
+    pub reference: String,
+    /// `os/arch[/variant]` (default: the host's).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// `auto`, `http` or `https` (default `auto`).
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Registries that may be reached over plain HTTP.
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+}
+
+/// One line of a pull's progress stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum PullEvent {
+    /// The reference resolved to a manifest with `layers` layers.
+    Resolved {
+        /// Manifest digest.
+        digest: String,
+        /// Layer count.
+        layers: usize,
+    },
+    /// A blob transfer starts.
+    BlobStart {
+        /// Blob digest.
+        digest: String,
+        /// Size.
+        size: u64,
+        /// Already present.
+        cached: bool,
+    },
+    /// Bytes of a blob so far.
+    BlobBytes {
+        /// Blob digest.
+        digest: String,
+        /// Bytes done.
+        done: u64,
+    },
+    /// A blob is verified.
+    BlobDone {
+        /// Blob digest.
+        digest: String,
+    },
+    /// Building the rootfs image.
+    Unpacking,
+    /// Finished: the image's name and id.
+    Done {
+        /// Stored name.
+        name: String,
+        /// Image id (config digest).
+        id: String,
+        /// Bytes downloaded.
+        downloaded: u64,
+    },
+    /// Failed; nothing partial is visible (blobs resume on the next pull).
+    Error {
+        /// Why.
+        message: String,
+    },
 }
 
 #[cfg(test)]

@@ -1,0 +1,68 @@
+//! A ready-to-run environment for VM tests: a loopback registry holding the busybox test
+//! image and an Apex home that has pulled it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::apex::ApexHome;
+use crate::images::{self, Compression};
+use crate::registry::{Registry, RegistryAuth};
+use crate::skopeo;
+
+/// Registry + image + home; everything is torn down on drop (the home stops its daemon
+/// and containers).
+pub struct BusyboxEnv {
+    /// The home (drops first: containers and daemon go before the registry).
+    pub home: ApexHome,
+    /// `HOST/busybox:latest`.
+    pub image: String,
+    /// Scratch space for the test.
+    pub tmp: tempfile::TempDir,
+    /// The registry.
+    pub registry: Registry,
+}
+
+impl BusyboxEnv {
+    /// Starts a registry, pushes busybox to it and pulls it into a fresh home.
+    pub fn new() -> Self {
+        let registry = Registry::start(RegistryAuth::None).expect("registry");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = images::busybox(&tmp.path().join("bb"), "latest", Compression::Gzip)
+            .expect("busybox image");
+        let image = format!("{}/busybox:latest", registry.host());
+        skopeo::push(&layout, "latest", &image, None).expect("skopeo push");
+        let home = ApexHome::new();
+        home.run(&["image", "pull", "-q", &image]).assert_ok();
+        BusyboxEnv {
+            home,
+            image,
+            tmp,
+            registry,
+        }
+    }
+
+    /// The home's path.
+    pub fn path(&self) -> &Path {
+        self.home.path()
+    }
+}
+
+impl Default for BusyboxEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some` or `limit` passes (then panics with
+/// `what`).
+#[track_caller]
+pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
