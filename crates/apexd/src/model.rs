@@ -15,7 +15,7 @@
 //! - `GET /v1/containers/{id}/wait` → [`WaitResult`] once it is not running
 //! - `DELETE /v1/containers/{id}?force=true` → 200 [`Message`]
 //! - `POST /v1/containers/prune` → [`PruneReport`]
-//! - `GET /v1/containers/{id}/logs?follow=true&tail=N&timestamps=true` → NDJSON
+//! - `GET /v1/containers/{id}/logs?follow=true&tail=N` → NDJSON
 //!   [`LogEntry`] lines (chunked; with `follow`, until the container stops)
 //! - `GET /v1/containers/{id}/stats` → [`apex_shim::proto::Stats`]
 //! - `POST /v1/containers/{id}/exec` [`ExecRequest`] → 201 [`Created`] (exec id)
