@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The `apex` binary: `$APEX_BIN` if set, else `apex` in the cargo profile dir of the running
 /// executable (`target/<profile>/deps/test-xxx` → `target/<profile>/apex`).
@@ -21,7 +22,9 @@ pub fn apex_bin() -> PathBuf {
     dir.join("apex")
 }
 
-/// A throwaway `APEX_HOME` (removed on drop) and a way to run a binary against it.
+/// A throwaway `APEX_HOME` and a way to run a binary against it. On drop, its containers
+/// are removed and its daemon stopped (through the CLI, then SIGKILL as a safety net for
+/// any helper or daemon still alive), and the directory is deleted.
 #[derive(Debug)]
 pub struct ApexHome {
     dir: tempfile::TempDir,
@@ -76,6 +79,101 @@ impl ApexHome {
         let out = cmd.output();
         RunOutput::of(&cmd, out)
     }
+
+    /// Like [`ApexHome::run`], but kills the command if it runs longer than `limit`
+    /// (its output so far is returned, with `code` `None`).
+    pub fn run_timeout(&self, args: &[&str], limit: Duration) -> RunOutput {
+        let mut cmd = self.cmd();
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return RunOutput::of(&cmd, Err(e)),
+        };
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if start.elapsed() > limit => {
+                    let _ = child.kill();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        let out = child.wait_with_output();
+        RunOutput::of(&cmd, out)
+    }
+
+    /// Runs `apex args...`, which must succeed, and parses its stdout as JSON
+    /// (`ls --format json`, `inspect`, `stats --format json`, ...).
+    #[track_caller]
+    pub fn apex_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(args);
+        out.assert_ok();
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("`{}` did not print JSON: {e}\n{}", out.command, out.dump()))
+    }
+
+    /// The pid in `run/apexd.pid`, if the file exists.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        read_pid(&self.path().join("run").join("apexd.pid"))
+    }
+
+    /// The pids in `containers/*/shim.pid`.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        std::fs::read_dir(self.path().join("containers"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| read_pid(&e.path().join("shim.pid")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes every container and stops the daemon, if one runs; then SIGKILLs any
+    /// helper or daemon still alive. Called on drop.
+    pub fn teardown(&self) {
+        // Only a live daemon is asked: `apex ls` would start a dead one anew.
+        let had_daemon = self.daemon_pid().is_some_and(pid_alive);
+        if had_daemon {
+            let limit = Duration::from_secs(60);
+            let ls = self.run_timeout(&["ls", "-aq", "--no-trunc"], limit);
+            let ids: Vec<&str> = ls.stdout.split_whitespace().collect();
+            if ls.success() && !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids);
+                self.run_timeout(&args, limit);
+            }
+            self.run_timeout(&["system", "stop"], limit);
+        }
+        let mut pids = self.shim_pids();
+        pids.extend(self.daemon_pid());
+        for pid in pids {
+            if pid_alive(pid) {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ApexHome {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 impl Default for ApexHome {
@@ -154,7 +252,8 @@ impl RunOutput {
         self
     }
 
-    fn dump(&self) -> String {
+    /// Both outputs, for messages.
+    pub fn dump(&self) -> String {
         format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
             self.stdout, self.stderr

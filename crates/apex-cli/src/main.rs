@@ -1,8 +1,11 @@
 //! `apex`: the command-line client.
 //!
-//! Image commands run in-process on the image store today; container commands will
-//! talk to `apexd` over its Unix socket once it exists.
+//! Image and registry commands run in-process on the image store; container commands
+//! are clients of `apexd` over its Unix socket (started on demand).
 
+mod attach;
+mod container;
+mod daemon;
 mod format;
 mod image;
 mod progress;
@@ -32,14 +35,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Containers(container::Verbs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(container::ContainerCmd),
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCmd),
     /// Log in to and out of registries.
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
-    /// Run a command in a new container (its own VM).
-    Run(Box<run::RunArgs>),
     /// Pull an image (same as `apex image pull`).
     Pull(image::PullArgs),
     /// List images (same as `apex image ls`).
@@ -60,7 +66,10 @@ fn main() -> ExitCode {
         )
         .init();
     let home = cli.home.clone().unwrap_or_else(apexd::paths::default_home);
-    let is_run = matches!(cli.cmd, Cmd::Run(_));
+    let error_code = match &cli.cmd {
+        Cmd::Containers(v) | Cmd::Container(container::ContainerCmd::Verbs(v)) => v.error_code(),
+        _ => 1,
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,18 +78,16 @@ fn main() -> ExitCode {
         }
     };
     let res = rt.block_on(async {
-        if let Cmd::Run(a) = cli.cmd {
-            return run::run(&home, *a).await;
-        }
+        let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match cli.cmd {
-            Cmd::Image(c) => image::run(&home, c).await,
-            Cmd::Pull(a) => image::run(&home, image::ImageCmd::Pull(a)).await,
-            Cmd::Images(a) => image::run(&home, image::ImageCmd::Ls(a)).await,
-            Cmd::Registry(c) => registry::run(&home, c).await,
-            Cmd::System(c) => system::run(&home, c).await,
-            Cmd::Run(_) => unreachable!("handled above"),
+            Cmd::Containers(v) => container::verbs(&home, v).await,
+            Cmd::Container(c) => container::run(&home, c).await,
+            Cmd::Image(c) => done(image::run(&home, c).await),
+            Cmd::Pull(a) => done(image::run(&home, image::ImageCmd::Pull(a)).await),
+            Cmd::Images(a) => done(image::run(&home, image::ImageCmd::Ls(a)).await),
+            Cmd::Registry(c) => done(registry::run(&home, c).await),
+            Cmd::System(c) => done(system::run(&home, c).await),
         }
-        .map(|()| ExitCode::SUCCESS)
     });
     // A pending read of stdin (run -i) must not hold the process open.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
@@ -88,7 +95,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            ExitCode::from(if is_run { run::EXIT_APEX_ERROR } else { 1 })
+            ExitCode::from(error_code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -1,7 +1,7 @@
-//! `apex run`: one container in its own VM, attached to this terminal.
+//! `apex run` and `apex create`: a container created by apexd (the image pulled here
+//! first if it is missing), then started detached or attached to this terminal.
 
-use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,27 +9,36 @@ use anyhow::{bail, Context, Result};
 use apex_oci::platform::Platform;
 use apex_oci::store::PullOptions;
 use apex_oci::ImageStore;
-use apex_runtime::sandbox::{Process, Sandbox, SandboxConfig};
-use apex_runtime::spec::{self, ImageProcessConfig, RunOverrides};
+use apex_shim::stream::Exit;
+use apexd::client::{Client, ClientError};
+use apexd::model::{ContainerRecord, CreateRequest, Created, RestartPolicy};
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::signal::unix::{signal, SignalKind};
+use hyper::Method;
 
+use crate::attach::{self, End, Signals};
+use crate::container::{enc, ApiExt};
+use crate::daemon::ensure_daemon;
 use crate::image::ConnectArgs;
-use crate::{progress, term};
+use crate::progress;
 
 /// Exit code for failures of apex itself (docker uses 125).
 pub const EXIT_APEX_ERROR: u8 = 125;
 
+/// How long to wait for apexd to record an attached container's exit.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a create may take (it may build the image's root filesystem).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a container is made of: the flags `create` and `run` share.
 #[derive(Args)]
-pub struct RunArgs {
+pub struct CreateArgs {
     /// Image to run.
     pub image: String,
     /// Command and arguments (default: the image's entrypoint and cmd).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
-    /// Remove the container when it exits (containers are always removed until apexd
-    /// manages them).
+    /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
     /// Keep stdin open and forward it to the container.
@@ -43,7 +52,7 @@ pub struct RunArgs {
     pub env: Vec<String>,
     /// Read environment variables from a file.
     #[arg(long = "env-file", value_name = "FILE")]
-    pub env_file: Vec<std::path::PathBuf>,
+    pub env_file: Vec<PathBuf>,
     /// Working directory inside the container.
     #[arg(short, long)]
     pub workdir: Option<String>,
@@ -62,6 +71,9 @@ pub struct RunArgs {
     /// Memory, e.g. `256m`, `1g`.
     #[arg(short, long, default_value = "256m", value_parser = parse_memory)]
     pub memory: u64,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, default_value = "no", value_parser = parse_restart)]
+    pub restart: RestartPolicy,
     /// Platform to pull if the image is missing.
     #[arg(long, value_parser = |s: &str| s.parse::<Platform>())]
     pub platform: Option<Platform>,
@@ -70,12 +82,25 @@ pub struct RunArgs {
     /// Seconds to wait for the VM to boot.
     #[arg(long, default_value_t = 60)]
     pub boot_timeout: u64,
-    /// Print the VM's boot log (kernel and init) to stderr when the container ends.
-    #[arg(long)]
-    pub boot_log: bool,
     /// No pull progress.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Run in the background and print the container ID.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Print the VM's boot log (kernel and init) to stderr when the container ends.
+    #[arg(long)]
+    pub boot_log: bool,
+}
+
+fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
+    s.parse()
 }
 
 /// Parses `256m`, `1g`, `512MiB`, or bytes into MiB.
@@ -98,194 +123,227 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
     Ok(mib)
 }
 
-/// Runs the container; returns its exit code.
-pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
-    let store = ImageStore::open(home)?;
-    tracing::debug!("resolving image");
-    let rec = match store.resolve(&a.image) {
-        Ok((rec, _)) => rec,
-        Err(e)
-            if e.downcast_ref::<apex_oci::ImageError>()
-                .is_some_and(|e| matches!(e, apex_oci::ImageError::NotFoundLocally(_))) =>
-        {
-            if !a.quiet {
-                eprintln!("Unable to find image '{}' locally", a.image);
-            }
-            let opts = PullOptions {
-                platform: a.platform.clone(),
-                connect: a.connect.options(),
-                progress: progress::bars(a.quiet, "Pulling"),
-                no_unpack: true,
-            };
-            store.pull(&a.image, opts).await?.record
-        }
-        Err(e) => return Err(e),
-    };
-    tracing::debug!("image resolved");
-    let rootfs = store.ensure_rootfs(&rec).await?.path;
-    tracing::debug!("rootfs ready");
-    let image_cfg = ImageProcessConfig::from_image_config(&store.config_json(&rec)?)?;
-    let mut env_files = Vec::new();
-    for f in &a.env_file {
+/// `KEY=value` entries from env files then flags (later ones win in the container);
+/// `KEY` alone takes this process's value, or is dropped if it has none (as docker).
+pub fn resolve_env(
+    flags: &[String],
+    files: &[PathBuf],
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for f in files {
         let text = std::fs::read_to_string(f)
             .with_context(|| format!("reading env file {}", f.display()))?;
-        env_files.extend(spec::parse_env_file(&text));
+        lines.extend(apex_runtime::spec::parse_env_file(&text));
     }
-    let hostname = a
-        .name
-        .clone()
-        .unwrap_or_else(|| rec.config_digest.short().to_string());
-    let overrides = RunOverrides {
-        entrypoint: a.entrypoint.clone(),
+    lines.extend(flags.iter().cloned());
+    let mut out = Vec::new();
+    for kv in lines {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        if key.is_empty() {
+            bail!("invalid environment variable {kv:?}: empty name");
+        }
+        if kv.contains('=') {
+            out.push(kv);
+        } else if let Some(v) = lookup(&kv) {
+            out.push(format!("{kv}={v}"));
+        }
+    }
+    Ok(out)
+}
+
+/// `apex create`: prints the new container's ID.
+pub async fn create(home: &Path, a: CreateArgs) -> Result<ExitCode> {
+    let client = ensure_daemon(home).await?;
+    let c = create_container(home, &client, &a).await?;
+    println!("{}", c.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates the container, pulling its image here first if the daemon does not have it.
+pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> Result<Created> {
+    if a.rm && a.restart != RestartPolicy::No {
+        bail!("conflicting options: --restart and --rm");
+    }
+    let req = CreateRequest {
+        image: a.image.clone(),
+        name: a.name.clone(),
         command: a.command.clone(),
-        env: a.env.clone(),
-        env_files,
+        entrypoint: a.entrypoint.clone(),
+        env: resolve_env(&a.env, &a.env_file, |k| std::env::var(k).ok())?,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
         tty: a.tty,
-        hostname: Some(hostname.clone()),
+        stdin_open: a.interactive,
+        cpus: Some(a.cpus),
+        memory_mib: Some(a.memory),
+        boot_timeout_s: Some(a.boot_timeout),
+        restart: a.restart,
+        auto_remove: a.rm,
     };
-    let pspec = spec::resolve(&image_cfg, &overrides, |k| std::env::var(k).ok())?;
-    if a.tty && !std::io::stdin().is_terminal() && a.interactive {
-        bail!("the input device is not a TTY: drop -t, or run from a terminal");
+    let client = client.with_timeout(Some(CREATE_TIMEOUT));
+    match client.post_json("/v1/containers", &req).await {
+        Ok(c) => return Ok(c),
+        Err(e) if is_missing_image(&e) => {}
+        Err(e) => return Err(e).api(),
     }
-
-    let boot = Sandbox::boot(SandboxConfig {
-        home: home.to_path_buf(),
-        rootfs,
-        hostname,
-        cpus: a.cpus,
-        memory_mib: a.memory,
-        boot_timeout: Duration::from_secs(a.boot_timeout),
-    });
-    // Ctrl-C or SIGTERM while booting: dropping the boot future kills the VM and removes
-    // its state.
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let sandbox = tokio::select! {
-        s = boot => s?,
-        _ = int.recv() => return Ok(ExitCode::from(130)),
-        _ = term.recv() => return Ok(ExitCode::from(143)),
+    if !a.quiet {
+        eprintln!("Unable to find image '{}' locally", a.image);
+    }
+    let store = ImageStore::open(home)?;
+    let opts = PullOptions {
+        platform: a.platform.clone(),
+        connect: a.connect.options(),
+        progress: progress::bars(a.quiet, "Pulling"),
+        no_unpack: false,
     };
-    let code = attach(&sandbox, &pspec, a.interactive).await;
-    tracing::debug!("container process ended");
-    if a.boot_log {
-        eprint!("{}", sandbox.boot_log());
-    }
-    sandbox.shutdown().await;
-    tracing::debug!("VM gone");
-    code
+    store.pull(&a.image, opts).await?;
+    drop(store);
+    client.post_json("/v1/containers", &req).await.api()
 }
 
-/// Starts the process and relays stdio and signals until it exits.
-async fn attach(
-    sandbox: &Sandbox,
-    pspec: &spec::ProcessSpec,
-    interactive: bool,
-) -> Result<ExitCode> {
-    let proc = match sandbox.spawn(pspec, interactive).await {
-        Ok(p) => p,
+/// A 404 on create means the image is missing (unless the route itself is).
+fn is_missing_image(e: &ClientError) -> bool {
+    e.is_not_found() && !e.message().starts_with("no such route")
+}
+
+/// `apex run`: returns the container's exit code (or the daemon's 125/126/127).
+pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
+    let c = &a.create;
+    if a.detach {
+        let client = ensure_daemon(home).await?;
+        let id = create_container(home, &client, c).await?.id;
+        let _: ContainerRecord = client
+            .with_timeout(Some(CREATE_TIMEOUT))
+            .post(&format!("/v1/containers/{id}/start"))
+            .await
+            .api()?;
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    attach::check_tty(c.tty, c.interactive)?;
+    // From here on, signals are ours to handle: one that arrives while the container is
+    // being set up must not leave it behind (a created container stays, as with docker).
+    let mut signals = Signals::install()?;
+    let setup = async {
+        let client = ensure_daemon(home).await?;
+        let created = create_container(home, &client, c).await?;
+        anyhow::Ok((client, created.id))
+    };
+    let (client, id) = tokio::select! {
+        r = setup => r?,
+        n = signals.next() => return Ok(ExitCode::from(128 + n as u8)),
+    };
+
+    let path = format!(
+        "/v1/containers/{id}/attach?stdin={}&start=true",
+        c.interactive
+    );
+    let io = match client.upgrade(Method::POST, &path, None).await {
+        Ok(io) => io,
         Err(e) => {
-            if let Some(f) = e
-                .downcast_ref::<apex_runtime::agent::AgentError>()
-                .and_then(|e| e.start_failure())
-            {
-                eprintln!("Error: {e:#}");
-                return Ok(ExitCode::from(f.exit_code as u8));
+            if c.rm {
+                remove(&client, &id).await;
             }
-            return Err(e);
+            return Err(e).api();
         }
     };
-    let Process {
-        id,
-        stdin,
-        stdout,
-        stderr,
-    } = proc;
-    let _raw = pspec.terminal.then(term::RawMode::enable).flatten();
-    if pspec.terminal {
-        if let Some((rows, cols)) = term::size() {
-            let _ = sandbox.agent().resize_tty(&id, rows, cols).await;
-        }
-    }
-
-    // Output relays end at EOF, which the guest sends once the process (and anything
-    // holding its stdio) is gone.
-    let out = tokio::spawn(relay(stdout, tokio::io::stdout()));
-    let err = stderr.map(|s| tokio::spawn(relay(s, tokio::io::stderr())));
-    let input = stdin.map(|mut s| {
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
-            let _ = tokio::io::copy(&mut stdin, &mut s).await;
-            let _ = s.shutdown().await;
-        })
-    });
-
-    let agent = sandbox.agent();
-    let mut sigs = Vec::new();
-    for k in [
-        SignalKind::interrupt(),
-        SignalKind::terminate(),
-        SignalKind::hangup(),
-        SignalKind::quit(),
-        SignalKind::user_defined1(),
-        SignalKind::user_defined2(),
-    ] {
-        sigs.push((k.as_raw_value(), signal(k)?));
-    }
-    let mut winch = signal(SignalKind::window_change())?;
-    let wait = agent.wait_process(&id);
-    tokio::pin!(wait);
-    let status = loop {
-        let any_sig = first_signal(&mut sigs);
-        tokio::select! {
-            st = &mut wait => break st?,
-            n = any_sig => {
-                let _ = agent.kill_process(&id, n).await;
-            }
-            _ = winch.recv() => {
-                if let Some((rows, cols)) = term::size() {
-                    let _ = agent.resize_tty(&id, rows, cols).await;
+    // The boot log is the VM's console, in the VM's state directory while it runs. With
+    // --rm (and in any case once the VM is gone) it may vanish as soon as the process
+    // exits: keep a copy taken once the VM is up, and prefer a later read if possible.
+    let boot_log = std::sync::Arc::new(std::sync::Mutex::new(None::<(PathBuf, String)>));
+    let on_started: Option<Box<dyn FnOnce() + Send>> = a.boot_log.then(|| {
+        let (snap, home, id) = (boot_log.clone(), home.to_path_buf(), id.clone());
+        Box::new(move || {
+            if let Some(p) = console_log(&home, &id) {
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    *snap.lock().unwrap() = Some((p, text));
                 }
             }
-        }
+        }) as Box<dyn FnOnce() + Send>
+    });
+    let opts = attach::Options {
+        stdin: c.interactive,
+        tty: c.tty,
+        interrupt_before_start: true,
+        on_started,
     };
-    // Drain output (bounded: a daemonized child may hold the streams open).
-    let _ = tokio::time::timeout(Duration::from_secs(5), out).await;
-    if let Some(e) = err {
-        let _ = tokio::time::timeout(Duration::from_secs(5), e).await;
+    let outcome = attach::session(io, opts, &mut signals).await;
+    if let Some((path, early)) = boot_log.lock().unwrap().take() {
+        eprint!("{}", std::fs::read_to_string(path).unwrap_or(early));
     }
-    if let Some(i) = input {
-        i.abort();
-    }
-    Ok(ExitCode::from((status.exit_code & 0xff) as u8))
-}
-
-/// Waits for the first of several signal streams; returns its number.
-async fn first_signal(sigs: &mut [(i32, tokio::signal::unix::Signal)]) -> i32 {
-    let futs = sigs.iter_mut().map(|(n, s)| {
-        let n = *n;
-        Box::pin(async move {
-            s.recv().await;
-            n
-        })
-    });
-    futures_util::future::select_all(futs).await.0
-}
-
-async fn relay(mut from: tokio::net::UnixStream, mut to: impl tokio::io::AsyncWrite + Unpin) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-                let _ = to.flush().await;
+    match outcome?.end {
+        End::Interrupted(n) => {
+            // The process never started: the container goes (with --rm) or stays
+            // stopped, and we exit as if the signal had killed us.
+            let _ = client
+                .post::<serde_json::Value>(&format!("/v1/containers/{id}/kill?signal=KILL"))
+                .await;
+            if c.rm {
+                remove(&client, &id).await;
             }
+            Ok(ExitCode::from(128 + n as u8))
+        }
+        End::Exited(exit) => {
+            settle(&client, &id, c.restart).await;
+            Ok(exit_code(&exit))
         }
     }
+}
+
+/// Once an attached process has exited, waits (briefly) until apexd has recorded the
+/// exit, or removed the container (--rm), so that what follows sees it ended, as after
+/// `docker run`. Containers with a restart policy are not waited for: they run again.
+pub async fn settle(client: &Client, id: &str, restart: RestartPolicy) {
+    if restart != RestartPolicy::No {
+        return;
+    }
+    let _ = client
+        .with_timeout(Some(SETTLE_TIMEOUT))
+        .get::<serde_json::Value>(&format!("/v1/containers/{}/wait", enc(id)))
+        .await;
+}
+
+/// The console log of container `id`'s VM while it runs: in its bundle's `vm/`, or in
+/// the `vms/` directory owned by its helper.
+fn console_log(home: &Path, id: &str) -> Option<PathBuf> {
+    let bundle = home.join("containers").join(id);
+    let p = bundle.join("vm").join("console.log");
+    if p.exists() {
+        return Some(p);
+    }
+    let shim = std::fs::read_to_string(bundle.join("shim.pid")).ok()?;
+    std::fs::read_dir(home.join("vms"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_to_string(e.path().join("owner.pid"))
+                .is_ok_and(|o| o.trim() == shim.trim())
+        })
+        .map(|e| e.path().join("console.log"))
+}
+
+/// Reports how an attached process ended, docker-style: the error if it never ran, or
+/// why it ended if that was not its own doing nor a kill (the VM or the helper died);
+/// then its exit code.
+pub fn exit_code(exit: &Exit) -> ExitCode {
+    if let Some(msg) = exit_message(exit) {
+        eprintln!("Error: {msg}");
+    }
+    ExitCode::from((exit.exit_code & 0xff) as u8)
+}
+
+fn exit_message(exit: &Exit) -> Option<&str> {
+    exit.error
+        .as_deref()
+        .or(exit.reason.as_deref().filter(|r| !r.starts_with("killed")))
+}
+
+/// Force-removes a container, ignoring errors (it may be gone already).
+async fn remove(client: &Client, id: &str) {
+    let _ = client
+        .delete::<serde_json::Value>(&format!("/v1/containers/{}?force=true", enc(id)))
+        .await;
 }
 
 #[cfg(test)]
@@ -300,5 +358,66 @@ mod tests {
         assert_eq!(parse_memory(&(128u64 << 20).to_string()).unwrap(), 128);
         assert!(parse_memory("10m").is_err());
         assert!(parse_memory("lots").is_err());
+    }
+
+    #[test]
+    fn env_from_files_flags_and_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        std::fs::write(&f, "# c\nA=file\nFROM_HOST\n\nB=file\n").unwrap();
+        let lookup = |k: &str| (k == "FROM_HOST").then(|| "host".to_string());
+        let env = resolve_env(
+            &["A=flag".into(), "MISSING".into(), "E=".into()],
+            &[f],
+            lookup,
+        )
+        .unwrap();
+        assert_eq!(env, ["A=file", "FROM_HOST=host", "B=file", "A=flag", "E="]);
+        assert!(resolve_env(&["=x".into()], &[], lookup).is_err());
+        assert!(resolve_env(&[], &[dir.path().join("none")], lookup).is_err());
+    }
+
+    #[test]
+    fn exit_messages() {
+        let exit = |error: Option<&str>, reason: Option<&str>| Exit {
+            exit_code: 1,
+            error: error.map(Into::into),
+            reason: reason.map(Into::into),
+        };
+        assert_eq!(exit_message(&exit(None, None)), None);
+        assert_eq!(
+            exit_message(&exit(Some("no such file"), Some("could not start"))),
+            Some("no such file")
+        );
+        assert_eq!(
+            exit_message(&exit(
+                None,
+                Some("the VM died: QEMU was killed by signal 9")
+            )),
+            Some("the VM died: QEMU was killed by signal 9")
+        );
+        assert_eq!(exit_message(&exit(None, Some("killed"))), None);
+        assert_eq!(
+            exit_message(&exit(None, Some("killed by signal 2 while booting"))),
+            None
+        );
+    }
+
+    #[test]
+    fn missing_image_is_a_404_not_a_missing_route() {
+        let e = |status, m: &str| ClientError::Api {
+            status,
+            message: m.into(),
+        };
+        use hyper::StatusCode;
+        assert!(is_missing_image(&e(
+            StatusCode::NOT_FOUND,
+            "no such image: busybox"
+        )));
+        assert!(!is_missing_image(&e(
+            StatusCode::NOT_FOUND,
+            "no such route: POST /v1/containers"
+        )));
+        assert!(!is_missing_image(&e(StatusCode::CONFLICT, "name taken")));
     }
 }

@@ -1,20 +1,17 @@
 //! `apex system`: start, stop and inspect the `apexd` daemon.
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use apexd::api::{DiskUsage, Message, SystemStatus, VersionInfo};
-use apexd::client::{Client, ClientError};
+use apexd::client::Client;
 use apexd::paths::Paths;
 use clap::{Args, Subcommand};
 
+use crate::daemon::{self, pid_alive, tail, Started};
 use crate::format::{self, Format};
 
-/// How long `start` waits for the new daemon to answer.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits for the daemon to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -62,91 +59,14 @@ pub async fn run(home: &Path, cmd: SystemCmd) -> Result<()> {
 }
 
 async fn start(paths: &Paths, client: &Client) -> Result<()> {
-    match client.get::<SystemStatus>("/v1/system/status").await {
-        Ok(s) => {
+    match daemon::start(paths, client, false).await? {
+        Started::New(pid) => println!("apexd started (pid {pid})"),
+        Started::AlreadyRunning => {
+            let s: SystemStatus = client.get("/v1/system/status").await?;
             println!("apexd is already running (pid {})", s.pid);
-            return Ok(());
         }
-        Err(ClientError::NotRunning) => {}
-        Err(ClientError::StaleSocket(sock)) => {
-            // Only a dead daemon leaves a socket nobody listens on; apexd would remove it
-            // too (under its lock), this just says what happened.
-            eprintln!("removing stale socket {} (apexd died)", sock.display());
-            std::fs::remove_file(&sock)
-                .with_context(|| format!("cannot remove stale socket {}", sock.display()))?;
-        }
-        Err(e) => return Err(e.into()),
     }
-    let bin = daemon_bin()?;
-    let mut cmd = Command::new(&bin);
-    cmd.arg("--home")
-        .arg(paths.home())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // which is async-signal-safe and touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::setsid()?;
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(st) = child.try_wait()? {
-            bail!(
-                "apexd exited during start-up ({st}){}",
-                log_hint(&paths.log_file())
-            );
-        }
-        match client.get::<VersionInfo>("/v1/version").await {
-            Ok(_) => break,
-            Err(e) if e.is_not_running() => {}
-            Err(e) => return Err(e.into()),
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "apexd did not answer within {}s; stopped it{}",
-                START_TIMEOUT.as_secs(),
-                log_hint(&paths.log_file())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("apexd started (pid {})", child.id());
     Ok(())
-}
-
-/// `$APEX_DAEMON`, else `apexd` next to this executable.
-fn daemon_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("APEX_DAEMON").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("cannot locate the apex executable")?;
-    let bin = exe.with_file_name("apexd");
-    if !bin.exists() {
-        bail!(
-            "cannot find apexd next to {} (set APEX_DAEMON to its path)",
-            exe.display()
-        );
-    }
-    Ok(bin)
-}
-
-/// The last lines of the daemon log, as a suffix for an error message.
-fn log_hint(log: &Path) -> String {
-    match tail(log, 5) {
-        Ok(lines) if !lines.is_empty() => {
-            format!("; last lines of {}:\n{}", log.display(), lines.join("\n"))
-        }
-        _ => format!("; see {}", log.display()),
-    }
 }
 
 async fn stop(client: &Client) -> Result<()> {
@@ -165,17 +85,6 @@ async fn stop(client: &Client) -> Result<()> {
     }
     println!("apexd stopped (pid {})", st.pid);
     Ok(())
-}
-
-/// Whether `pid` is a live (not zombie) process.
-fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
 }
 
 async fn status(client: &Client, fmt: Format) -> Result<()> {
@@ -238,42 +147,4 @@ fn logs(paths: &Paths, n: usize) -> Result<()> {
         println!("{line}");
     }
     Ok(())
-}
-
-/// The last `n` lines of `path` (reads at most the last 4 MiB).
-fn tail(path: &Path, n: usize) -> Result<Vec<String>> {
-    use std::io::{Read, Seek, SeekFrom};
-    const MAX: u64 = 4 << 20;
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(MAX)))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let lines: Vec<&str> = text.lines().collect();
-    Ok(lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.to_string())
-        .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tail_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("log");
-        std::fs::write(&f, "a\nb\nc\n").unwrap();
-        assert_eq!(tail(&f, 2).unwrap(), ["b", "c"]);
-        assert_eq!(tail(&f, 10).unwrap(), ["a", "b", "c"]);
-    }
-
-    #[test]
-    fn own_pid_is_alive() {
-        assert!(pid_alive(std::process::id()));
-        assert!(!pid_alive(u32::MAX));
-    }
 }

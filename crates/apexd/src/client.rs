@@ -401,7 +401,11 @@ mod tests {
         let paths = crate::paths::Paths::new(dir.path());
         let store = crate::store::StateStore::open(&paths.state_db()).unwrap();
         let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-        let app = crate::api::router(crate::api::AppState::new(paths, store, notify));
+        let app = crate::api::router(crate::api::AppState::new(
+            paths,
+            std::sync::Arc::new(store),
+            notify,
+        ));
         let sock = dir.path().join("apex.sock");
         let listener = tokio::net::UnixListener::bind(&sock).unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
