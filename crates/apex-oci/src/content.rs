@@ -228,7 +228,17 @@ impl Ingest {
 
 impl Write for Ingest {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
+        let n = match self.file.write(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => {
+                // A full disk: give the space back rather than keep a partial download
+                // that leaves nothing for anything else (a resume would fail anyway).
+                let _ = self.file.set_len(0);
+                let _ = fs::remove_file(&self.path);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)

@@ -332,8 +332,22 @@ impl Containers {
         rec.exit_reason = None;
         rec.shim_pid = Some(pid);
         self.put(&rec)?;
-        tracing::info!(id = &rec.id[..12], shim_pid = pid, "container started");
+        tracing::info!(id = &rec.id[..12], shim_pid = pid, "container helper started");
         self.clone().monitor(rec.id.clone(), pid);
+        if !wait_attach {
+            // Like `docker start`: answer once the process runs, or with why it could not.
+            let timeout = Duration::from_secs(rec.config.boot_timeout_s) + SHIM_READY;
+            if let Some(exit) = wait_running(&bundle, timeout).await {
+                let msg = exit
+                    .error
+                    .or(exit.reason)
+                    .unwrap_or_else(|| format!("exited at once with code {}", exit.exit_code));
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("container {} failed to start: {msg}", rec.name),
+                ));
+            }
+        }
         Ok(rec)
     }
 
@@ -734,6 +748,32 @@ impl Containers {
             }
         }
         Ok(())
+    }
+}
+
+/// Polls the shim until the main process runs (`None`) or it ended first (its exit).
+async fn wait_running(bundle: &Bundle, timeout: Duration) -> Option<Exit> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match proto::request::<proto::Status>(&bundle.socket(), &Request::Status).await {
+            Ok(st) => match st.phase {
+                proto::Phase::Running => return None,
+                proto::Phase::Exited => return Some(st.exit.unwrap_or_default()),
+                proto::Phase::Booting => {}
+            },
+            // Gone: it recorded its exit (or died; the monitor reports that).
+            Err(_) => {
+                return bundle.read_exit().or(Some(Exit {
+                    exit_code: 255,
+                    reason: Some("the container helper died while starting".into()),
+                    error: None,
+                }))
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None; // still booting; the watchdog in the shim ends it
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
