@@ -45,7 +45,10 @@ pub enum Call {
     /// Creates or truncates a file (the parent must exist). Result: [`Ack`].
     WriteFile(WriteFile),
     /// Configures hostname, loopback (always brought up), interfaces, routes, resolv.conf and
-    /// /etc/hosts. Result: [`Ack`].
+    /// /etc/hosts. The whole request is validated before anything changes
+    /// (`INVALID_PARAMS`); kernel failures are `OS_ERROR` naming the step. Addresses and
+    /// routes are added with replace semantics, so repeating a call is harmless.
+    /// Result: [`Ack`].
     SetNetwork(SetNetwork),
     /// Prepares a process and connects its stdio streams, but does not exec it yet.
     /// Result: [`Ack`]; `PROCESS_START_FAILED` / `ALREADY_EXISTS` on failure.
@@ -280,16 +283,19 @@ pub struct SetNetwork {
     pub interfaces: Vec<Interface>,
     /// Routes to add after the interfaces are up.
     pub routes: Vec<Route>,
-    /// Contents of /etc/resolv.conf.
+    /// Contents of /etc/resolv.conf (left alone when all its lists are empty).
     pub dns: Dns,
-    /// Contents of /etc/hosts (after the localhost entries the guest always writes).
+    /// Contents of /etc/hosts, after the lines the guest always writes: the localhost
+    /// entries and the hostname (on the first address of the first interface if there is
+    /// one, else on 127.0.0.1).
     pub hosts: Vec<HostEntry>,
 }
 
-/// A network interface in [`SetNetwork`].
+/// A network interface in [`SetNetwork`]: its MAC and MTU are set, it is brought up, then
+/// its addresses are added. The guest loads its network driver on first use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
-    /// Guest interface name (`"eth0"`).
+    /// Guest interface name (`"eth0"`; a VM's NICs are eth0, eth1, ... in order).
     pub name: String,
     /// MAC address to set (`"02:42:0a:58:00:02"`); `None` keeps the device's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,6 +6,8 @@
 //! - [`frame`]: 4-byte big-endian length + one UTF-8 JSON message, at most [`frame::MAX_FRAME`].
 //! - [`rpc`]: JSON-RPC 2.0 envelopes ([`Message`]) and error codes.
 //! - [`api`]: typed methods ([`Call`]), results and guest events ([`Event`]).
+//! - [`forward`]: published-port forwarding on [`FORWARD_PORT`] (a header line, then a TCP
+//!   byte stream or length-prefixed UDP datagrams).
 //!
 //! Typical host side:
 //! ```
@@ -25,6 +27,7 @@
 
 pub mod api;
 mod base64;
+pub mod forward;
 pub mod frame;
 pub mod rpc;
 
@@ -41,6 +44,8 @@ pub use rpc::{Message, Notification, Request, Response, RpcError};
 pub const PROTOCOL_VERSION: u32 = 1;
 /// vsock port the guest agent listens on for the control connection.
 pub const CONTROL_PORT: u32 = 1024;
+/// vsock port the guest agent listens on for published-port forwarding (see [`forward`]).
+pub const FORWARD_PORT: u32 = 1025;
 /// vsock CID of the host, which the guest connects to for process stdio.
 pub const HOST_CID: u32 = 2;
 

@@ -2,24 +2,28 @@
 //!
 //! As PID 1 (no arguments) it boots the guest ([`boot`]), then serves the host's JSON-RPC
 //! control connections on vsock port [`apex_agent_proto::CONTROL_PORT`] ([`server`]) and runs
-//! the container's processes ([`process`]). It never exits: fatal errors and panics reboot
-//! the VM.
+//! the container's processes ([`process`]); published ports are forwarded on vsock port
+//! [`apex_agent_proto::FORWARD_PORT`] ([`forward`]). It never exits: fatal errors and
+//! panics reboot the VM.
 //!
 //! Test mode, `apex-init --serve-unix PATH --root DIR [--debug]`, runs the same agent on the
 //! host: no boot steps, a private mount namespace with the container mounts under `DIR`,
-//! control on the Unix socket `PATH`, and stdio connections to `PATH_<port>` (what the host's
-//! vhost-device-vsock backend does with guest connections to CID 2).
+//! control on the Unix socket `PATH`, port forwarding on `PATH@1025`, and stdio connections
+//! to `PATH_<port>` (what the host's vhost-device-vsock backend does with guest connections
+//! to CID 2).
 
 pub mod log;
 
 pub mod boot;
 pub mod cmdline;
+pub mod forward;
 pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod power;
 pub mod process;
 pub mod pty;
+pub mod rtnl;
 pub mod server;
 pub mod spawn;
 pub mod stats;
@@ -157,6 +161,12 @@ pub fn main() -> ! {
             std::process::exit(1)
         }
     };
+    match transport.listen_port(apex_agent_proto::FORWARD_PORT) {
+        Ok(l) => {
+            std::thread::spawn(move || forward::serve(l));
+        }
+        Err(e) => info!("forward listen: FAILED: {e}"),
+    }
     let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     let uptime = uptime.split_whitespace().next().unwrap_or("?");
     info!("ready (uptime {uptime} s)");

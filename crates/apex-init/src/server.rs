@@ -27,6 +27,8 @@ pub struct Agent {
     pub procs: Processes,
     /// Running as the guest's PID 1 (shutdown reboots) rather than in test mode.
     pub pid1: bool,
+    /// The container root (where `set_network` writes /etc files).
+    pub root: PathBuf,
     /// Mount points to unmount at shutdown, innermost last.
     pub mounts: Mutex<Vec<PathBuf>>,
     conns: Mutex<Vec<Weak<Writer>>>,
@@ -59,8 +61,9 @@ impl Agent {
     ) -> (Arc<Agent>, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel();
         let agent = Arc::new(Agent {
-            procs: Processes::new(transport, root, tx),
+            procs: Processes::new(transport, root.clone(), tx),
             pid1,
+            root,
             mounts: Mutex::new(Vec::new()),
             conns: Mutex::new(Vec::new()),
             shutting_down: AtomicBool::new(false),
@@ -93,10 +96,7 @@ impl Agent {
             Call::Umount(u) => call_err(mounts::rpc_umount(&u)),
             Call::Mkdir(m) => call_err(mounts::rpc_mkdir(&m)),
             Call::WriteFile(w) => call_err(mounts::rpc_write_file(&w)),
-            Call::SetNetwork(_) => Err(RpcError::new(
-                codes::METHOD_NOT_FOUND,
-                "set_network: not implemented yet",
-            )),
+            Call::SetNetwork(n) => call_err(crate::net::rpc_set_network(&self.root, &n, self.pid1)),
             Call::CreateProcess(spec) => p.create(spec).and_then(|()| ack()),
             Call::StartProcess(r) => to_value(p.start(&r.id)),
             Call::WaitProcess(r) => to_value(p.wait(&r.id)),

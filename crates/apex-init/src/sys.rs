@@ -141,6 +141,30 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<libc::c_short>> {
     Ok(pfds.iter().map(|p| p.revents).collect())
 }
 
+/// Sets (or with `None` clears) `SO_RCVTIMEO`: a blocking read then fails with `WouldBlock`
+/// after `timeout`.
+pub fn set_recv_timeout(
+    fd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<()> {
+    let t = timeout.unwrap_or_default();
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a valid timeval and its size is passed; the kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 /// Opens `path` read-only with `O_CLOEXEC` (plus `extra` flags).
 pub fn open(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     let c = cstring(path)?;

@@ -1,6 +1,6 @@
 //! Where the agent listens and how it reaches the host: AF_VSOCK in the guest, or Unix
-//! sockets in test mode (`PATH` for control, `PATH_<port>` for stdio, exactly what the
-//! host's vhost-device-vsock backend exposes).
+//! sockets in test mode (`PATH` for control, `PATH@<port>` for other listening ports,
+//! `PATH_<port>` for stdio, exactly what the host's vhost-device-vsock backend exposes).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -29,10 +29,16 @@ pub struct Listener(OwnedFd);
 impl Transport {
     /// Binds and listens on the control socket.
     pub fn listen(&self) -> io::Result<Listener> {
+        self.listen_port(CONTROL_PORT)
+    }
+
+    /// Binds and listens on guest vsock `port`; in test mode on `PATH` for
+    /// [`CONTROL_PORT`] and on [`unix_listen_path`] for other ports.
+    pub fn listen_port(&self, port: u32) -> io::Result<Listener> {
         match self {
             Transport::Vsock => {
                 let fd = vsock_socket()?;
-                let addr = vsock_addr(libc::VMADDR_CID_ANY, CONTROL_PORT);
+                let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
                 // SAFETY: `addr` is a valid sockaddr_vm of the size passed.
                 sys::cvt(unsafe {
                     libc::bind(
@@ -46,7 +52,8 @@ impl Transport {
                 Ok(Listener(fd))
             }
             Transport::Unix { path } => {
-                let _ = std::fs::remove_file(path);
+                let path = unix_listen_path(path, port);
+                let _ = std::fs::remove_file(&path);
                 Ok(Listener(UnixListener::bind(path)?.into()))
             }
         }
@@ -80,6 +87,17 @@ impl Transport {
 pub fn unix_port_path(path: &Path, port: u32) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(format!("_{port}"));
+    PathBuf::from(s)
+}
+
+/// Test mode: where the agent listens for host connections to guest `port`: `PATH` for
+/// [`CONTROL_PORT`], `PATH@<port>` for others (e.g. the forward port).
+pub fn unix_listen_path(path: &Path, port: u32) -> PathBuf {
+    if port == CONTROL_PORT {
+        return path.to_path_buf();
+    }
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!("@{port}"));
     PathBuf::from(s)
 }
 
@@ -127,6 +145,12 @@ mod tests {
         assert_eq!(
             unix_port_path(Path::new("/tmp/x/agent.sock"), 2001),
             PathBuf::from("/tmp/x/agent.sock_2001")
+        );
+        let p = Path::new("/tmp/x/agent.sock");
+        assert_eq!(unix_listen_path(p, CONTROL_PORT), p);
+        assert_eq!(
+            unix_listen_path(p, 1025),
+            PathBuf::from("/tmp/x/agent.sock@1025")
         );
     }
 }

@@ -421,10 +421,6 @@ fn exec_stats_files_and_errors() {
         .unwrap_err();
     assert_eq!(e.code, codes::INVALID_PARAMS);
 
-    let e = c
-        .call(&Call::SetNetwork(api::SetNetwork::default()))
-        .unwrap_err();
-    assert!(e.message.contains("not implemented"), "{e:?}");
     c.call(&Call::Sync).unwrap();
 
     // Garbage on the wire gets an error response and the connection stays usable.
@@ -458,4 +454,73 @@ fn shutdown_stops_processes_and_exits() {
     // The process ignored SIGTERM, so it was SIGKILLed after the grace period.
     assert!(t.elapsed() < Duration::from_secs(10));
     io.stdout.unwrap().finish();
+}
+
+#[test]
+fn set_network_in_test_mode_writes_files_and_forwards_ports() {
+    use apex_agent_proto::forward::{encode_header, read_line, Answer, Proto, MAX_LINE};
+    use std::io::Read;
+    need_root!();
+    let agent = Agent::start();
+    let c = agent.connect();
+    let mut net = api::SetNetwork {
+        hostname: Some("web".into()),
+        dns: api::Dns {
+            nameservers: vec!["10.0.2.3".into()],
+            ..Default::default()
+        },
+        hosts: vec![api::HostEntry {
+            ip: "10.0.2.2".into(),
+            names: vec!["gw".into()],
+        }],
+        ..Default::default()
+    };
+    c.call(&Call::SetNetwork(net.clone())).unwrap();
+    let (_, out, _) = run(&c, &agent, spec(&["cat", "/etc/hosts", "/etc/resolv.conf"]));
+    assert_eq!(
+        out,
+        "127.0.0.1\tlocalhost web\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         10.0.2.2\tgw\nnameserver 10.0.2.3\n"
+    );
+    // Links and routes would change the host's network: refused in test mode.
+    net.interfaces.push(api::Interface {
+        name: "eth0".into(),
+        mac: None,
+        addresses: vec![],
+        mtu: None,
+    });
+    let e = c.call(&Call::SetNetwork(net)).unwrap_err();
+    assert_eq!(e.code, codes::INVALID_PARAMS, "{e:?}");
+    let e = c
+        .call(&Call::SetNetwork(api::SetNetwork {
+            hostname: Some("bad name".into()),
+            ..Default::default()
+        }))
+        .unwrap_err();
+    assert!(e.message.contains("hostname"), "{e:?}");
+
+    // Port forwarding listens on PATH@1025 in test mode.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let fwd = format!(
+        "{}@{}",
+        agent.sock.display(),
+        apex_agent_proto::FORWARD_PORT
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(&fwd).unwrap();
+    s.write_all(&encode_header(Proto::Tcp, port)).unwrap();
+    let (mut conn, _) = server.accept().unwrap();
+    assert_eq!(
+        Answer::parse(&read_line(&mut s, MAX_LINE).unwrap()).unwrap(),
+        Answer::Ok
+    );
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    conn.write_all(b"pong").unwrap();
+    drop(conn);
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"pong");
 }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use apex_agent_proto::api::{
-    ExitStatus, KillProcess, PingResult, ProcessRef, ProcessSpec, ProcessStarted, ResizeTty, Stats,
+    ExitStatus, KillProcess, PingResult, ProcessRef, ProcessSpec, ProcessStarted, ResizeTty,
+    SetNetwork, Stats,
 };
 use apex_agent_proto::rpc::{codes, ProcessStartFailed};
 use apex_agent_proto::{encode_request, frame, read_message_async, Call, Message, RpcError};
@@ -134,6 +135,12 @@ impl AgentClient {
     /// Liveness and version.
     pub async fn ping(&self) -> Result<PingResult, AgentError> {
         self.typed(&Call::Ping).await
+    }
+
+    /// Configures the guest network: loopback, interfaces, routes, hostname, and the
+    /// container's /etc/hosts and /etc/resolv.conf.
+    pub async fn set_network(&self, net: SetNetwork) -> Result<(), AgentError> {
+        self.call(&Call::SetNetwork(net)).await.map(drop)
     }
 
     /// Prepares a process (the guest connects its stdio ports before answering).

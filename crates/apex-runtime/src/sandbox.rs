@@ -10,13 +10,18 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use apex_agent_proto::api::{self, User};
-use apex_agent_proto::CONTROL_PORT;
+use apex_agent_proto::forward::{self, Answer};
+use apex_agent_proto::{CONTROL_PORT, FORWARD_PORT};
 use apex_vm::{
-    accel, initramfs, wait_for_agent, Disk, KernelAssets, QemuProvider, Vm, VmConfig, VmProvider,
+    accel, initramfs, wait_for_agent, Disk, KernelAssets, Nic, QemuProvider, Vm, VmConfig,
+    VmProvider,
 };
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
+
+pub use apex_agent_proto::forward::Proto;
 
 use crate::agent::AgentClient;
 use crate::spec::ProcessSpec;
@@ -25,6 +30,8 @@ use crate::spec::ProcessSpec;
 const ACCEL_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 /// First vsock port used for process stdio; each process takes three.
 const STDIO_PORT_BASE: u32 = 10_000;
+/// How long a port forward may take to connect and be answered by the guest.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to boot a sandbox.
 #[derive(Debug, Clone)]
@@ -41,6 +48,9 @@ pub struct SandboxConfig {
     pub memory_mib: u64,
     /// Boot watchdog.
     pub boot_timeout: Duration,
+    /// virtio-net NICs (eth0, eth1, ... in the guest); configure them with
+    /// [`Sandbox::set_network`].
+    pub nics: Vec<Nic>,
 }
 
 /// A running process's stdio streams.
@@ -149,6 +159,44 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
+/// Like [`Sandbox::forward`], for a process that does not own the sandbox (e.g. apexd,
+/// with the VM run by a shim): connects through the vsock backend socket in the VM's
+/// state directory.
+pub async fn forward_at(state_dir: &Path, proto: Proto, port: u16) -> Result<UnixStream> {
+    let uds = state_dir.join(apex_vm::qemu::VSOCK_SOCK);
+    let connect = async move {
+        Ok(
+            apex_vm::qemu::vsock::connect_retry(&uds, FORWARD_PORT, FORWARD_TIMEOUT, || None)
+                .await?,
+        )
+    };
+    forward_handshake(connect, proto, port).await
+}
+
+/// Connects, sends the forward header and checks the guest's answer, within
+/// [`FORWARD_TIMEOUT`].
+async fn forward_handshake(
+    connect: impl std::future::Future<Output = Result<UnixStream>>,
+    proto: Proto,
+    port: u16,
+) -> Result<UnixStream> {
+    let handshake = async {
+        let mut s = connect.await?;
+        s.write_all(&forward::encode_header(proto, port)).await?;
+        let line = forward::read_line_async(&mut s, forward::MAX_LINE).await?;
+        anyhow::Ok((s, line))
+    };
+    let (s, line) = tokio::time::timeout(FORWARD_TIMEOUT, handshake)
+        .await
+        .with_context(|| format!("forward to guest {proto} port {port}: timed out"))?
+        .with_context(|| format!("forward to guest {proto} port {port}"))?;
+    match Answer::parse(&line) {
+        Ok(Answer::Ok) => Ok(s),
+        Ok(Answer::Error(msg)) => bail!("forward to guest {proto} port {port}: {msg}"),
+        Err(e) => bail!("forward to guest {proto} port {port}: {e}"),
+    }
+}
+
 impl Sandbox {
     /// Boots a VM for `cfg` and connects to its agent.
     pub async fn boot(cfg: SandboxConfig) -> Result<Sandbox> {
@@ -190,6 +238,7 @@ impl Sandbox {
             state_dir: state_dir.clone(),
             accel: apex_vm::Accel::Tcg,
             guest_cid: 3,
+            nics: cfg.nics.clone(),
         };
         tracing::debug!(elapsed = ?t0.elapsed(), "assets and initramfs ready");
         let provider = QemuProvider::new()?;
@@ -244,6 +293,28 @@ impl Sandbox {
     /// Where the VM keeps sockets and logs.
     pub fn state_dir(&self) -> &Path {
         self.vm.state_dir()
+    }
+
+    /// Configures the guest network (see [`AgentClient::set_network`]).
+    pub async fn set_network(&self, net: api::SetNetwork) -> Result<()> {
+        self.agent
+            .set_network(net)
+            .await
+            .context("configuring the guest network")
+    }
+
+    /// Opens a forward to `proto` port `port` inside the guest over vsock (see
+    /// [`apex_agent_proto::forward`]). The returned stream is past the handshake: for TCP
+    /// it carries the connection's bytes, for UDP length-prefixed datagrams
+    /// ([`forward::write_datagram_async`], [`forward::read_datagram_async`]). Fails with the
+    /// guest's message when nothing listens on the port (TCP).
+    pub async fn forward(&self, proto: Proto, port: u16) -> Result<UnixStream> {
+        forward_handshake(
+            async { Ok(self.vm.connect(FORWARD_PORT, FORWARD_TIMEOUT).await?) },
+            proto,
+            port,
+        )
+        .await
     }
 
     /// Starts a process; its stdio arrives as vsock streams.

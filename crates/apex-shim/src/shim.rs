@@ -50,10 +50,13 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
     let sock = bundle.socket();
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(bundle.exit_file());
-    let listener =
-        UnixListener::bind(&sock).with_context(|| format!("cannot listen on {}", sock.display()))?;
+    let listener = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
-    apex_shim::bundle::write_atomic(&bundle.pid_file(), std::process::id().to_string().as_bytes())?;
+    apex_shim::bundle::write_atomic(
+        &bundle.pid_file(),
+        std::process::id().to_string().as_bytes(),
+    )?;
     let log = LogWriter::open(&bundle.log(), cfg.log_max_bytes)?;
     let (status, _) = watch::channel(Status {
         phase: Phase::Booting,
@@ -172,6 +175,7 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
         boot_timeout: Duration::from_secs(cfg.boot_timeout_s),
+        nics: vec![],
     });
     let sandbox = tokio::select! {
         r = boot => match r {
@@ -185,7 +189,8 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         _ = shim.abort.notified() => return shim.exit_from_abort(),
     };
     let _ = shim.sandbox.set(sandbox.clone());
-    shim.status.send_modify(|s| s.vm_pid = Some(sandbox.vm_pid()));
+    shim.status
+        .send_modify(|s| s.vm_pid = Some(sandbox.vm_pid()));
     tracing::info!(vm_pid = sandbox.vm_pid(), "VM booted");
     if cfg.wait_attach {
         let wait = Duration::from_secs(cfg.boot_timeout_s.max(5));
@@ -518,7 +523,12 @@ async fn control(shim: &Shim, f: Frame, stdin_allowed: bool) {
 
 /// Runs another process in the container, relaying its I/O on this connection.
 async fn exec(shim: Arc<Shim>, mut conn: UnixStream, spec: ExecSpec) -> Result<()> {
-    let Some(sb) = shim.sandbox.get().cloned().filter(|_| shim.phase() == Phase::Running) else {
+    let Some(sb) = shim
+        .sandbox
+        .get()
+        .cloned()
+        .filter(|_| shim.phase() == Phase::Running)
+    else {
         answer(&mut conn, Response::err("container is not running")).await?;
         return Ok(());
     };
@@ -546,7 +556,11 @@ async fn exec(shim: Arc<Shim>, mut conn: UnixStream, spec: ExecSpec) -> Result<(
     };
     let (mut rd, wr) = conn.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
-    write_frame(&mut *wr.lock().await, &Frame::new(Kind::Started, Vec::new())).await?;
+    write_frame(
+        &mut *wr.lock().await,
+        &Frame::new(Kind::Started, Vec::new()),
+    )
+    .await?;
     let Process {
         id,
         stdin,

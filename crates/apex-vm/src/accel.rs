@@ -88,6 +88,8 @@ pub async fn probe_kvm(provider: &QemuProvider, base: &VmConfig, timeout: Durati
     let mut cfg = base.clone();
     cfg.accel = Accel::Kvm;
     cfg.id = format!("{}-kvm-probe", base.id);
+    // The probe needs no network, and a tap can be attached to only one QEMU at a time.
+    cfg.nics.clear();
     let Ok(mut vm) = provider.start_vm(cfg).await else {
         return Accel::Tcg;
     };

@@ -59,6 +59,42 @@ pub struct Disk {
     pub id: String,
 }
 
+/// How a virtio-net NIC reaches the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicBackend {
+    /// An existing host tap device (created and attached to a bridge by the caller; QEMU
+    /// runs no scripts). Needs CAP_NET_ADMIN or a tap owned by the user.
+    Tap {
+        /// Host interface name (1-15 chars).
+        ifname: String,
+    },
+    /// QEMU user-mode networking (slirp): rootless outbound access through the host's
+    /// sockets. The guest network is 10.0.2.0/24, gateway 10.0.2.2, DNS 10.0.2.3; nothing
+    /// on the host can connect in (use vsock port forwarding).
+    User,
+}
+
+/// A virtio-net NIC. NICs appear in the guest as eth0, eth1, ... in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// QEMU netdev id: 1-20 chars of `[A-Za-z0-9_-]`, starting with a letter.
+    pub id: String,
+    /// Guest MAC address, `"02:xx:xx:xx:xx:xx"` (locally administered, unicast).
+    pub mac: String,
+    /// Host side.
+    pub backend: NicBackend,
+}
+
+/// Checks a `xx:xx:xx:xx:xx:xx` MAC address: six hex pairs, unicast.
+pub fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+}
+
 /// Everything needed to start one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -83,10 +119,13 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Guest vsock context id (each VM has its own backend, so 3 is fine for all).
     pub guest_cid: u32,
+    /// virtio-net NICs (eth0, eth1, ... in the guest); empty for no network device.
+    pub nics: Vec<Nic>,
 }
 
 impl VmConfig {
-    /// A config with defaults: 1 vCPU, 256 MiB, TCG, CID 3, no disks, no extra cmdline.
+    /// A config with defaults: 1 vCPU, 256 MiB, TCG, CID 3, no disks, no NICs, no extra
+    /// cmdline.
     pub fn new(id: &str, kernel: &KernelAssets, initrd: &Path, state_dir: &Path) -> Self {
         Self {
             id: id.to_string(),
@@ -99,6 +138,7 @@ impl VmConfig {
             state_dir: state_dir.to_path_buf(),
             accel: Accel::Tcg,
             guest_cid: 3,
+            nics: Vec::new(),
         }
     }
 
@@ -130,6 +170,44 @@ impl VmConfig {
                     self.id,
                     d.id
                 );
+            }
+        }
+        for (i, n) in self.nics.iter().enumerate() {
+            let id_ok = (1..=20).contains(&n.id.len())
+                && n.id.starts_with(|c: char| c.is_ascii_alphabetic())
+                && n.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+            if !id_ok {
+                bail!(
+                    "VM {}: NIC id {:?} must be 1-20 chars of [A-Za-z0-9_-], starting with a letter",
+                    self.id,
+                    n.id
+                );
+            }
+            if self.nics[..i].iter().any(|o| o.id == n.id) {
+                bail!("VM {}: duplicate NIC id {:?}", self.id, n.id);
+            }
+            if !valid_mac(&n.mac) {
+                bail!(
+                    "VM {}: NIC {} MAC {:?} is not a unicast xx:xx:xx:xx:xx:xx address",
+                    self.id,
+                    n.id,
+                    n.mac
+                );
+            }
+            if let NicBackend::Tap { ifname } = &n.backend {
+                let ok = (1..=15).contains(&ifname.len())
+                    && ifname
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+                if !ok {
+                    bail!(
+                        "VM {}: NIC {} tap name {ifname:?} must be 1-15 chars of [A-Za-z0-9_.-]",
+                        self.id,
+                        n.id
+                    );
+                }
             }
         }
         if let Some(a) = self
@@ -533,6 +611,38 @@ mod tests {
         let mut c = cfg("/tmp/x");
         c.cmdline.push("a b".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn nic_validation() {
+        let nic = |id: &str, mac: &str, backend: NicBackend| Nic {
+            id: id.into(),
+            mac: mac.into(),
+            backend,
+        };
+        let tap = |n: &str| NicBackend::Tap { ifname: n.into() };
+        let mut c = cfg("/tmp/x");
+        c.nics = vec![
+            nic("net0", "02:42:0a:58:00:02", tap("apxt0")),
+            nic("net1", "52:54:00:AB:cd:01", NicBackend::User),
+        ];
+        c.validate().unwrap();
+        for bad in [
+            nic("net0", "02:42:0a:58:00:02", NicBackend::User), // duplicate id
+            nic("0net", "02:00:00:00:00:01", NicBackend::User),
+            nic("n,x", "02:00:00:00:00:01", NicBackend::User),
+            nic("n2", "03:00:00:00:00:01", NicBackend::User), // multicast
+            nic("n2", "02:00:00:00:00", NicBackend::User),
+            nic("n2", "02:00:00:00:00:0g", NicBackend::User),
+            nic("n2", "02:00:00:00:00:01", tap("")),
+            nic("n2", "02:00:00:00:00:01", tap("a-very-long-tap-name")),
+            nic("n2", "02:00:00:00:00:01", tap("tap,x")),
+        ] {
+            let mut c2 = c.clone();
+            c2.nics.push(bad.clone());
+            assert!(c2.validate().is_err(), "{bad:?} accepted");
+        }
+        assert!(valid_mac("02:42:0a:58:00:02") && !valid_mac("0242:0a:58:00:02:0"));
     }
 
     #[test]

@@ -16,9 +16,9 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::containers::Containers;
 use crate::info;
 use crate::paths::Paths;
-use crate::containers::Containers;
 use crate::store::StateStore;
 
 /// What a route does.
@@ -102,14 +102,26 @@ pub const ROUTES: &[Route] = &[
     Route::new("POST", "/v1/containers/prune", Endpoint::ContainerPrune),
     Route::new("GET", "/v1/containers/{id}", Endpoint::ContainerInspect),
     Route::new("DELETE", "/v1/containers/{id}", Endpoint::ContainerRemove),
-    Route::new("POST", "/v1/containers/{id}/start", Endpoint::ContainerStart),
+    Route::new(
+        "POST",
+        "/v1/containers/{id}/start",
+        Endpoint::ContainerStart,
+    ),
     Route::new("POST", "/v1/containers/{id}/stop", Endpoint::ContainerStop),
-    Route::new("POST", "/v1/containers/{id}/restart", Endpoint::ContainerRestart),
+    Route::new(
+        "POST",
+        "/v1/containers/{id}/restart",
+        Endpoint::ContainerRestart,
+    ),
     Route::new("POST", "/v1/containers/{id}/kill", Endpoint::ContainerKill),
     Route::new("GET", "/v1/containers/{id}/wait", Endpoint::ContainerWait),
     Route::new("GET", "/v1/containers/{id}/logs", Endpoint::ContainerLogs),
     Route::new("GET", "/v1/containers/{id}/stats", Endpoint::ContainerStats),
-    Route::new("POST", "/v1/containers/{id}/attach", Endpoint::ContainerAttach),
+    Route::new(
+        "POST",
+        "/v1/containers/{id}/attach",
+        Endpoint::ContainerAttach,
+    ),
     Route::new("POST", "/v1/containers/{id}/exec", Endpoint::ExecCreate),
     Route::new("POST", "/v1/exec/{id}/start", Endpoint::ExecStart),
 ];

@@ -22,7 +22,9 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast;
 
 use crate::api::ApiError;
-use crate::model::{ContainerSummary, CreateRequest, Created, ExecRequest, RestartPolicy, WaitResult};
+use crate::model::{
+    ContainerSummary, CreateRequest, Created, ExecRequest, RestartPolicy, WaitResult,
+};
 use crate::store::{ContainerConfig, ContainerRecord, ContainerState, StateStore};
 
 /// How long a new shim may take to answer on its socket.
@@ -83,7 +85,11 @@ fn generated_name(taken: &dyn Fn(&str) -> bool) -> String {
         "tiger", "vortex",
     ];
     let r = u64::from_str_radix(&random_hex(4), 16).unwrap_or(0) as usize;
-    let base = format!("{}_{}", ADJ[r % ADJ.len()], NOUN[(r / ADJ.len()) % NOUN.len()]);
+    let base = format!(
+        "{}_{}",
+        ADJ[r % ADJ.len()],
+        NOUN[(r / ADJ.len()) % NOUN.len()]
+    );
     if !taken(&base) {
         return base;
     }
@@ -176,7 +182,12 @@ impl Containers {
         recs.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(recs
             .into_iter()
-            .filter(|r| all || matches!(r.state, ContainerState::Running | ContainerState::Restarting))
+            .filter(|r| {
+                all || matches!(
+                    r.state,
+                    ContainerState::Running | ContainerState::Restarting
+                )
+            })
             .map(|r| summary(&r))
             .collect())
     }
@@ -197,9 +208,9 @@ impl Containers {
             let store = apex_oci::ImageStore::open(&home)?;
             let rec = match store.resolve(&image) {
                 Ok((rec, _)) => rec,
-                Err(e) if e.downcast_ref::<apex_oci::ImageError>().is_some_and(|e| {
-                    matches!(e, apex_oci::ImageError::NotFoundLocally(_))
-                }) =>
+                Err(e)
+                    if e.downcast_ref::<apex_oci::ImageError>()
+                        .is_some_and(|e| matches!(e, apex_oci::ImageError::NotFoundLocally(_))) =>
                 {
                     return Err(ApiError::new(
                         StatusCode::NOT_FOUND,
@@ -332,7 +343,11 @@ impl Containers {
         rec.exit_reason = None;
         rec.shim_pid = Some(pid);
         self.put(&rec)?;
-        tracing::info!(id = &rec.id[..12], shim_pid = pid, "container helper started");
+        tracing::info!(
+            id = &rec.id[..12],
+            shim_pid = pid,
+            "container helper started"
+        );
         self.clone().monitor(rec.id.clone(), pid);
         if !wait_attach {
             // Like `docker start`: answer once the process runs, or with why it could not.
@@ -634,11 +649,7 @@ impl Containers {
     }
 
     /// Connects to a running container's shim for an attach.
-    pub async fn attach_stream(
-        &self,
-        id: &str,
-        stdin: bool,
-    ) -> Result<UnixStream, ApiError> {
+    pub async fn attach_stream(&self, id: &str, stdin: bool) -> Result<UnixStream, ApiError> {
         let sock = self.bundle(id).socket();
         let (_, s) = proto::call(&sock, &Request::Attach { stdin })
             .await
@@ -653,7 +664,10 @@ impl Containers {
             return Err(conflict(format!("container {} is not running", rec.name)));
         }
         if req.command.is_empty() {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "exec needs a command"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "exec needs a command",
+            ));
         }
         let id = random_hex(32);
         let spec = ExecSpec {
@@ -725,11 +739,15 @@ impl Containers {
                     r.state = ContainerState::Running;
                     r.shim_pid = Some(pid);
                     self.store.put(&r)?;
-                    self.on_exit(&rec.id, pid, Exit {
-                        exit_code: rec.exit_code.unwrap_or(0),
-                        reason: rec.exit_reason.clone(),
-                        error: None,
-                    })
+                    self.on_exit(
+                        &rec.id,
+                        pid,
+                        Exit {
+                            exit_code: rec.exit_code.unwrap_or(0),
+                            reason: rec.exit_reason.clone(),
+                            error: None,
+                        },
+                    )
                     .await;
                 }
                 ContainerState::Exited
@@ -827,7 +845,10 @@ async fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
@@ -843,10 +864,18 @@ pub fn summary(r: &ContainerRecord) -> ContainerSummary {
         ContainerState::Created => "Created".to_string(),
         ContainerState::Running => format!("Up {}", since(&r.started_at)),
         ContainerState::Restarting => {
-            format!("Restarting ({}) {} ago", r.exit_code.unwrap_or(0), since(&r.finished_at))
+            format!(
+                "Restarting ({}) {} ago",
+                r.exit_code.unwrap_or(0),
+                since(&r.finished_at)
+            )
         }
         ContainerState::Exited => {
-            format!("Exited ({}) {} ago", r.exit_code.unwrap_or(0), since(&r.finished_at))
+            format!(
+                "Exited ({}) {} ago",
+                r.exit_code.unwrap_or(0),
+                since(&r.finished_at)
+            )
         }
     };
     ContainerSummary {
@@ -967,7 +996,10 @@ mod tests {
         assert_eq!(c.resolve("").unwrap_err().status(), StatusCode::NOT_FOUND);
         let l = c.list(true).unwrap();
         assert_eq!(l.len(), 2);
-        assert!(l.iter().all(|s| s.status.starts_with("Exited (1)")), "{l:?}");
+        assert!(
+            l.iter().all(|s| s.status.starts_with("Exited (1)")),
+            "{l:?}"
+        );
         assert!(c.list(false).unwrap().is_empty());
     }
 
@@ -975,6 +1007,9 @@ mod tests {
     fn human_durations() {
         assert_eq!(human_duration(chrono::TimeDelta::seconds(5)), "5 seconds");
         assert_eq!(human_duration(chrono::TimeDelta::seconds(130)), "2 minutes");
-        assert_eq!(human_duration(chrono::TimeDelta::seconds(-3)), "less than a second");
+        assert_eq!(
+            human_duration(chrono::TimeDelta::seconds(-3)),
+            "less than a second"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! QEMU command line and guest kernel command line construction (pure functions).
 
-use super::{VmConfig, CONSOLE_LOG, VHOST_SOCK};
+use super::{NicBackend, VmConfig, CONSOLE_LOG, VHOST_SOCK};
 use crate::accel::Accel;
 use std::ffi::OsString;
 use std::path::Path;
@@ -94,6 +94,17 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<OsString> {
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive=disk{i},serial={}", d.id));
     }
+    for n in &cfg.nics {
+        a.push("-netdev".into());
+        a.push(match &n.backend {
+            NicBackend::Tap { ifname } => {
+                format!("tap,id={},ifname={ifname},script=no,downscript=no", n.id)
+            }
+            NicBackend::User => format!("user,id={}", n.id),
+        });
+        a.push("-device".into());
+        a.push(format!("virtio-net-device,netdev={},mac={}", n.id, n.mac));
+    }
     let mut out: Vec<OsString> = a.into_iter().map(OsString::from).collect();
     out.push("-kernel".into());
     out.push(cfg.kernel.clone().into_os_string());
@@ -132,6 +143,7 @@ mod tests {
             state_dir: "/run/apex/t1".into(),
             accel: Accel::Tcg,
             guest_cid: 3,
+            nics: vec![],
         }
     }
 
@@ -206,6 +218,46 @@ mod tests {
         assert_eq!(after(&a, "-initrd"), ["/c/initrd.cpio"]);
         assert_eq!(after(&a, "-append"), [kernel_cmdline(&cfg(), Some(1000))]);
         assert!(after(&a, "-append")[0].contains("lpj=4000 "));
+    }
+
+    #[test]
+    fn nic_args() {
+        use crate::qemu::Nic;
+        let a = strings(qemu_args(&cfg(), None));
+        assert!(after(&a, "-netdev").is_empty());
+        let mut c = cfg();
+        c.nics = vec![
+            Nic {
+                id: "net0".into(),
+                mac: "02:42:0a:58:00:02".into(),
+                backend: NicBackend::Tap {
+                    ifname: "apxt0".into(),
+                },
+            },
+            Nic {
+                id: "net1".into(),
+                mac: "02:00:00:00:00:09".into(),
+                backend: NicBackend::User,
+            },
+        ];
+        let a = strings(qemu_args(&c, None));
+        assert_eq!(
+            after(&a, "-netdev"),
+            [
+                "tap,id=net0,ifname=apxt0,script=no,downscript=no",
+                "user,id=net1"
+            ]
+        );
+        assert_eq!(
+            &after(&a, "-device")[3..],
+            [
+                "virtio-net-device,netdev=net0,mac=02:42:0a:58:00:02",
+                "virtio-net-device,netdev=net1,mac=02:00:00:00:00:09"
+            ]
+        );
+        // NICs come after the disks, before the kernel.
+        let pos = |s: &str| a.iter().position(|x| x == s).unwrap();
+        assert!(pos("-netdev") > pos("-drive") && pos("-netdev") < pos("-kernel"));
     }
 
     #[test]

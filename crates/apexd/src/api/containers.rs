@@ -68,7 +68,9 @@ pub(super) async fn stop(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> ApiResult<ContainerRecord> {
-    Ok(Json(s.containers().stop(&id, q.timeout.unwrap_or(10)).await?))
+    Ok(Json(
+        s.containers().stop(&id, q.timeout.unwrap_or(10)).await?,
+    ))
 }
 
 pub(super) async fn restart(
@@ -201,12 +203,12 @@ pub(super) async fn logs(
         }
         let mut changes = c2.subscribe();
         loop {
-            let running = c2
-                .store()
-                .get(&id)
-                .ok()
-                .flatten()
-                .is_some_and(|r| matches!(r.state, ContainerState::Running | ContainerState::Restarting));
+            let running = c2.store().get(&id).ok().flatten().is_some_and(|r| {
+                matches!(
+                    r.state,
+                    ContainerState::Running | ContainerState::Restarting
+                )
+            });
             let (entries, f) = match tokio::task::spawn_blocking(move || {
                 let e = follower.poll();
                 (e, follower)
@@ -217,7 +219,10 @@ pub(super) async fn logs(
                 Err(_) => return,
             };
             follower = f;
-            if send_entries(&tx, entries.unwrap_or_default()).await.is_err() {
+            if send_entries(&tx, entries.unwrap_or_default())
+                .await
+                .is_err()
+            {
                 return; // client went away
             }
             if !running {
@@ -327,7 +332,10 @@ pub(super) async fn exec_create(
     body: Result<Json<ExecRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    Ok((StatusCode::CREATED, Json(s.containers().exec_create(&id, req)?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(s.containers().exec_create(&id, req)?),
+    ))
 }
 
 pub(super) async fn exec_start(

@@ -89,7 +89,12 @@ async fn every_route_is_served() {
             r.path
         );
         if !r.path.contains('{') && r.method == "GET" {
-            assert!(status.is_success(), "{} {}: {status} {body}", r.method, r.path);
+            assert!(
+                status.is_success(),
+                "{} {}: {status} {body}",
+                r.method,
+                r.path
+            );
         }
     }
 }
@@ -105,7 +110,11 @@ async fn container_routes_report_unknown_containers_and_bad_bodies() {
     let (status, body) = call(&f.app, "POST", "/v1/containers/nope/kill?signal=BOGUS").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, body) = call(&f.app, "POST", "/v1/containers/nope/attach").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "attach needs an upgrade: {body}");
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "attach needs an upgrade: {body}"
+    );
     let (status, body) = call(&f.app, "GET", "/v1/containers?all=true").await;
     assert_eq!((status, body), (StatusCode::OK, serde_json::json!([])));
     let (status, body) = call(&f.app, "POST", "/v1/containers/prune").await;
