@@ -19,6 +19,10 @@
 //!   [`LogEntry`] lines (chunked; with `follow`, until the container stops)
 //! - `GET /v1/containers/{id}/stats` → [`apex_shim::proto::Stats`]
 //! - `POST /v1/containers/{id}/exec` [`ExecRequest`] → 201 [`Created`] (exec id)
+//! - `GET /v1/networks` → `[NetworkInfo]`; `POST /v1/networks` [`NetworkCreate`] → 201
+//!   [`NetworkInfo`] (409 name taken or subnet overlapping); `GET /v1/networks/{id}` →
+//!   [`NetworkInfo`]; `DELETE /v1/networks/{id}` (409 while containers use it, 403 for
+//!   `default`); `POST /v1/networks/prune` → [`PruneReport`] (networks without containers)
 //! - `POST /v1/images/pull` [`PullRequest`] → NDJSON [`PullEvent`] lines, the last one
 //!   `done` or `error`
 //! - `POST /v1/exec/{exec_id}/start` with upgrade as for attach → 101 + frames, ending
@@ -138,6 +142,55 @@ pub struct CreateRequest {
     /// Remove the container once it exits (`--rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// Network to attach to (default `default`; `none` for no network).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Published ports, docker syntax: `[host-ip:]host-port:container-port[/tcp|udp]`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// `POST /v1/networks`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkCreate {
+    /// Unique name (same rule as container names).
+    pub name: String,
+    /// IPv4 CIDR (default: a free /24 from 10.213.0.0/16).
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// No outbound access (no NAT; traffic stays on the bridge).
+    #[serde(default)]
+    pub internal: bool,
+}
+
+/// A container attached to a network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkEndpoint {
+    /// Container id.
+    pub id: String,
+    /// Container name (its DNS name: `<name>` and `<name>.test`).
+    pub name: String,
+    /// IPv4 address (no prefix).
+    pub address: String,
+}
+
+/// A network, as listed and inspected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// Name (`default` is created by apexd).
+    pub name: String,
+    /// Host bridge (empty in user-mode fallback).
+    pub bridge: String,
+    /// IPv4 CIDR.
+    pub subnet: String,
+    /// Gateway (the bridge's address; also the network's DNS server).
+    pub gateway: String,
+    /// No outbound access.
+    pub internal: bool,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Attached containers.
+    pub containers: Vec<NetworkEndpoint>,
 }
 
 /// `201` answer to a create: the new object's id (and name for containers).
