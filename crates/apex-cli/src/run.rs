@@ -180,6 +180,7 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         boot_timeout_s: Some(a.boot_timeout),
         restart: a.restart,
         auto_remove: a.rm,
+        ..Default::default()
     };
     let client = client.with_timeout(Some(CREATE_TIMEOUT));
     match client.post_json("/v1/containers", &req).await {
