@@ -25,8 +25,10 @@ fn inspect(home: &ApexHome, c: &str) -> Value {
 fn pid_alive(pid: i32) -> bool {
     rustix::process::Pid::from_raw(pid)
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
 }
 
 fn kill9(pid: i32) {
@@ -75,7 +77,9 @@ fn containers_survive_a_daemon_sigkill_and_a_dead_vm_spares_its_neighbour() {
         .assert_ok();
     h.run(&["run", "-d", "--name", "b", &e.image, "sleep", "600"])
         .assert_ok();
-    eventually(BOOT, "a's output", || logs(h, "a").contains("line 2").then_some(()));
+    eventually(BOOT, "a's output", || {
+        logs(h, "a").contains("line 2").then_some(())
+    });
 
     let shim_pid = |c: &str| inspect(h, c)["shim_pid"].as_i64().expect("shim pid") as i32;
     let (shim_a, shim_b) = (shim_pid("a"), shim_pid("b"));
@@ -86,13 +90,17 @@ fn containers_survive_a_daemon_sigkill_and_a_dead_vm_spares_its_neighbour() {
     // The helpers and their VMs do not depend on apexd.
     assert!(pid_alive(shim_a) && pid_alive(shim_b));
     assert_eq!(children(shim_a, "qemu-system").len(), 1);
-    let before = std::fs::read_to_string(e.path().join(format!("containers/{id_a}/container.log")))
-        .unwrap();
+    let before =
+        std::fs::read_to_string(e.path().join(format!("containers/{}/container.log", &id_a[..12]))).unwrap();
 
     h.run(&["system", "start"]).assert_ok();
     let rec = inspect(h, "a");
     assert_eq!(rec["state"], "running", "{rec}");
-    assert_eq!(rec["shim_pid"].as_i64(), Some(shim_a as i64), "re-attached, not restarted");
+    assert_eq!(
+        rec["shim_pid"].as_i64(),
+        Some(shim_a as i64),
+        "re-attached, not restarted"
+    );
     let out = h.run(&["exec", "a", "echo", "still here"]);
     out.assert_ok();
     assert_eq!(out.stdout, "still here\n");
@@ -111,7 +119,10 @@ fn containers_survive_a_daemon_sigkill_and_a_dead_vm_spares_its_neighbour() {
         (r["state"] == "exited").then_some(r)
     });
     let reason = rec["exit_reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("VM died") || reason.contains("the VM died"), "{rec}");
+    assert!(
+        reason.contains("VM died") || reason.contains("the VM died"),
+        "{rec}"
+    );
     assert_eq!(rec["exit_code"], 137, "{rec}");
     assert!(!pid_alive(shim_a), "a's helper exits with its VM");
     assert_eq!(inspect(h, "b")["state"], "running");
@@ -124,12 +135,17 @@ fn containers_survive_a_daemon_sigkill_and_a_dead_vm_spares_its_neighbour() {
         (r["state"] == "exited").then_some(r)
     });
     assert!(
-        rec["exit_reason"].as_str().unwrap_or_default().contains("helper"),
+        rec["exit_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("helper"),
         "{rec}"
     );
-    eventually(Duration::from_secs(10), "b's VM to go with its helper", || {
-        children(shim_b, "qemu-system").is_empty().then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "b's VM to go with its helper",
+        || children(shim_b, "qemu-system").is_empty().then_some(()),
+    );
 }
 
 /// A registry holding a 48 MiB image of incompressible data.
@@ -184,7 +200,10 @@ fn daemon_sigkill_during_a_pull_leaves_a_consistent_store() {
     h.run(&["system", "start"]).assert_ok();
     let images = h.run(&["image", "ls", "--format", "json"]);
     images.assert_ok();
-    assert!(!images.stdout.contains("big"), "no half-pulled image listed: {images:?}");
+    assert!(
+        !images.stdout.contains("big"),
+        "no half-pulled image listed: {images:?}"
+    );
     // The same pull through the daemon completes (resuming the partial blob) and
     // verifies.
     let mut conn = start_pull(&h, &image);
@@ -235,12 +254,24 @@ fn a_full_disk_and_a_read_only_home_give_clear_errors() {
     let (_reg, image) = big_image(tmp.path());
     let mnt = tmp.path().join("small-home");
     std::fs::create_dir_all(&mnt).unwrap();
-    sh(&["mount", "-t", "tmpfs", "-o", "size=8m", "apex-test", mnt.to_str().unwrap()]);
+    sh(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=8m",
+        "apex-test",
+        mnt.to_str().unwrap(),
+    ]);
     let _m = Mount(mnt.clone());
     let h = ApexHome::new();
 
     // Full disk: the pull fails with the OS's reason, and the store still works.
-    let out = at(&h, &mnt, &["image", "pull", "-q", "--scheme", "http", &image]);
+    let out = at(
+        &h,
+        &mnt,
+        &["image", "pull", "-q", "--scheme", "http", &image],
+    );
     out.assert_failure();
     assert!(out.stderr.contains("No space left on device"), "{out:?}");
     assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {out:?}");

@@ -466,13 +466,20 @@ fn crashes_and_interrupts_leave_nothing_behind() {
     ls.assert_ok();
     let ids: Vec<&str> = ls.stdout.lines().collect();
     assert_eq!(ids.len(), 1, "{ls:?}");
-    assert_eq!(pids_of(&home, "qemu-system").len(), 1, "the VM outlives the client");
+    assert_eq!(
+        pids_of(&home, "qemu-system").len(),
+        1,
+        "the VM outlives the client"
+    );
     e.home.run(&["rm", "-f", ids[0]]).assert_ok();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !pids_of(&home, "qemu-system").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(pids_of(&home, "qemu-system").is_empty(), "rm -f ends the VM");
+    assert!(
+        pids_of(&home, "qemu-system").is_empty(),
+        "rm -f ends the VM"
+    );
     run_with(&e.home, &["run", "--rm", &e.image, "true"], None).assert_ok();
     assert_clean(&e.home);
 }

@@ -308,7 +308,7 @@ pub async fn settle(client: &Client, id: &str, restart: RestartPolicy) {
 /// The console log of container `id`'s VM while it runs: in its bundle's `vm/`, or in
 /// the `vms/` directory owned by its helper.
 fn console_log(home: &Path, id: &str) -> Option<PathBuf> {
-    let bundle = home.join("containers").join(id);
+    let bundle = apex_shim::bundle::bundle_dir(home, id);
     let p = bundle.join("vm").join("console.log");
     if p.exists() {
         return Some(p);

@@ -16,6 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::stream::Exit;
 
+/// A container's bundle directory: `<home>/containers/<first 12 hex of the id>`.
+///
+/// Short on purpose: the shim's socket lives inside, and Unix socket paths are limited to
+/// 108 bytes, so a full 64-hex id would break homes under long paths.
+pub fn bundle_dir(home: &Path, id: &str) -> PathBuf {
+    home.join("containers").join(&id[..id.len().min(12)])
+}
+
 /// Everything the shim needs to run a container.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShimConfig {

@@ -60,7 +60,8 @@ pub struct Disk {
 }
 
 /// How a virtio-net NIC reaches the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum NicBackend {
     /// An existing host tap device (created and attached to a bridge by the caller; QEMU
     /// runs no scripts). Needs CAP_NET_ADMIN or a tap owned by the user.
@@ -75,7 +76,7 @@ pub enum NicBackend {
 }
 
 /// A virtio-net NIC. NICs appear in the guest as eth0, eth1, ... in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Nic {
     /// QEMU netdev id: 1-20 chars of `[A-Za-z0-9_-]`, starting with a letter.
     pub id: String,

@@ -130,7 +130,7 @@ impl Containers {
 
     /// A container's bundle.
     pub fn bundle(&self, id: &str) -> Bundle {
-        Bundle::new(self.home.join("containers").join(id))
+        Bundle::new(apex_shim::bundle::bundle_dir(&self.home, id))
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
