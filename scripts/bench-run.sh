@@ -49,3 +49,11 @@ printf 'boot to agent ready (apex-init answers ping):  %6.3f s\n' "${m[boot_to_a
 printf 'agent shutdown to qemu exit:                   %6.3f s\n' "${m[agent_shutdown_s]}"
 printf 'idle memory per container VM (%s VMs): qemu %s MiB + vsock backend %s MiB RSS (guest uses %s MiB)\n' \
   "${m[idle_vms]}" "${m[qemu_rss_mib_per_vm]}" "${m[backend_rss_mib_per_vm]}" "${m[guest_used_mib]}"
+
+# The managed path adds one helper process per container and the daemon itself.
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+cid=$("$bin/apex" run -d "$host/busybox:latest" sleep 600)
+shim=$("$bin/apex" inspect "$cid" | jq -r '.[0].shim_pid')
+printf 'per-container helper (apex-shim) RSS: %s MiB; apexd RSS: %s MiB\n' \
+  "$(rss_mib "$shim")" "$(rss_mib "$(cat "$APEX_HOME/run/apexd.pid")")"
+"$bin/apex" rm -f "$cid" >/dev/null
