@@ -90,8 +90,11 @@ fn containers_survive_a_daemon_sigkill_and_a_dead_vm_spares_its_neighbour() {
     // The helpers and their VMs do not depend on apexd.
     assert!(pid_alive(shim_a) && pid_alive(shim_b));
     assert_eq!(children(shim_a, "qemu-system").len(), 1);
-    let before =
-        std::fs::read_to_string(e.path().join(format!("containers/{}/container.log", &id_a[..12]))).unwrap();
+    let before = std::fs::read_to_string(
+        e.path()
+            .join(format!("containers/{}/container.log", &id_a[..12])),
+    )
+    .unwrap();
 
     h.run(&["system", "start"]).assert_ok();
     let rec = inspect(h, "a");
