@@ -190,10 +190,10 @@ fn cleanup_all_removes_only_prefixed_links() {
 fn forwarding_follows_non_internal_networks() {
     common::in_new_netns("forwarding", || async {
         let nl = Netlink::connect().unwrap();
-        assert!(
-            !bridge::ipv4_forwarding_enabled().unwrap(),
-            "fresh netns starts off"
-        );
+        // A new netns inherits the host's IPv4 forwarding setting (devconf_inherit_init_net
+        // defaults to inheriting for IPv4), so start from a known "off".
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0").unwrap();
+        assert!(!bridge::ipv4_forwarding_enabled().unwrap());
         let internal = NetworkState::new("int", "apxtbi", subnet("10.213.60.0/24"), true);
         bridge::ensure_network(&nl, &internal).await.unwrap();
         assert!(
