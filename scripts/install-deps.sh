@@ -12,7 +12,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 APT_PACKAGES=(
   qemu-system-x86 docker-registry e2fsprogs erofs-utils busybox-static skopeo apache2-utils
   libseccomp-dev libcap-ng-dev debootstrap cpio kmod jq pkg-config iproute2 nftables
-  hyperfine zstd socat ca-certificates bc
+  hyperfine zstd socat ca-certificates bc gcc libc6-dev
 )
 
 install_apt() {

@@ -68,7 +68,9 @@ impl ApexHome {
                 cmd.env_remove(&key);
             }
         }
-        cmd.env("APEX_HOME", self.dir.path()).stdin(Stdio::null());
+        cmd.env("APEX_HOME", self.dir.path())
+            .env("APEX_NETWORK_CLEANUP", "1")
+            .stdin(Stdio::null());
         cmd
     }
 

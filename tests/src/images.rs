@@ -546,6 +546,201 @@ pub fn busybox(dir: &Path, tag: &str, compression: Compression) -> Result<Layout
     w.single(image, tag)
 }
 
+/// Applets the [`net`] image links in addition to [`BUSYBOX_APPLETS`].
+pub const NET_APPLETS: &[&str] = &[
+    "httpd", "nslookup", "timeout", "ping", "sed", "awk", "netstat", "route", "cp", "rm",
+];
+
+/// The page `/www/index.html` of the [`net`] image.
+pub const NET_INDEX_HTML: &str = "hello-web\n";
+
+/// `/www/cgi-bin/slow` of the [`net`] image: a CGI script (busybox `httpd -h /www`) that
+/// answers `slow-ok` after a second.
+pub const NET_SLOW_CGI: &str =
+    "#!/bin/sh\nsleep 1\nprintf 'Content-Type: text/plain\\r\\n\\r\\nslow-ok\\n'\n";
+
+/// Source of `netecho`, a static test server for the [`net`] image:
+/// `netecho tcp PORT` echoes every TCP connection (`TCP_NODELAY`), `netecho udp PORT` echoes
+/// datagrams to their sender, `netecho sink PORT` reads from each TCP connection a decimal
+/// byte count N and a newline, then N bytes (or up to EOF), and answers with the number of
+/// bytes it got after the header and a newline (no half-close needed). One process,
+/// `poll(2)`, no fork per connection (fork is slow in a TCG guest and would dominate
+/// latency measurements).
+pub const NETECHO_C: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int listen_on(int type, int port) {
+    int one = 1, s = socket(AF_INET, type, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (s < 0) { perror("netecho: socket"); exit(1); }
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || (type == SOCK_STREAM && listen(s, 128))) {
+        perror("netecho: bind/listen");
+        exit(1);
+    }
+    return s;
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    static char buf[1 << 16];
+    if (argc != 3) {
+        fprintf(stderr, "usage: netecho tcp|udp|sink PORT\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    int port = atoi(argv[2]);
+    if (!strcmp(argv[1], "udp")) {
+        int s = listen_on(SOCK_DGRAM, port);
+        for (;;) {
+            struct sockaddr_storage from;
+            socklen_t fl = sizeof from;
+            ssize_t n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+            if (n >= 0) sendto(s, buf, (size_t)n, 0, (struct sockaddr *)&from, fl);
+        }
+    }
+    int sink = !strcmp(argv[1], "sink");
+    if (!sink && strcmp(argv[1], "tcp")) {
+        fprintf(stderr, "usage: netecho tcp|udp|sink PORT\n");
+        return 2;
+    }
+    enum { MAX = 256 };
+    struct pollfd fds[MAX];
+    unsigned long long count[MAX];
+    long long expect[MAX]; /* sink: announced byte count, -1 while reading the header */
+    char hdr[MAX][24];
+    int hl[MAX];
+    int n = 1;
+    fds[0].fd = listen_on(SOCK_STREAM, port);
+    fds[0].events = POLLIN;
+    for (;;) {
+        if (poll(fds, (nfds_t)n, -1) < 0) continue;
+        if (fds[0].revents & POLLIN) {
+            int c = accept(fds[0].fd, NULL, NULL);
+            if (c >= 0 && n < MAX) {
+                int one = 1;
+                setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                fds[n].fd = c;
+                fds[n].events = POLLIN;
+                fds[n].revents = 0;
+                count[n] = 0;
+                expect[n] = -1;
+                hl[n] = 0;
+                n++;
+            } else if (c >= 0) {
+                close(c);
+            }
+        }
+        for (int i = 1; i < n; i++) {
+            if (!fds[i].revents) continue;
+            ssize_t r = read(fds[i].fd, buf, sizeof buf);
+            if (r < 0 && errno == EINTR) continue;
+            int done = 0;
+            if (r > 0 && sink) {
+                ssize_t off = 0;
+                while (expect[i] < 0 && off < r) {
+                    char ch = buf[off++];
+                    if (ch == '\n') {
+                        hdr[i][hl[i]] = 0;
+                        expect[i] = strtoll(hdr[i], NULL, 10);
+                    } else if (hl[i] < 23) {
+                        hdr[i][hl[i]++] = ch;
+                    }
+                }
+                count[i] += (unsigned long long)(r - off);
+                if (expect[i] < 0 || count[i] < (unsigned long long)expect[i]) continue;
+                done = 1;
+            } else if (r > 0 && write_all(fds[i].fd, buf, (size_t)r) == 0) {
+                continue;
+            }
+            if (sink && (done || r == 0)) {
+                char line[32];
+                int l = snprintf(line, sizeof line, "%llu\n", count[i]);
+                write_all(fds[i].fd, line, (size_t)l);
+            }
+            close(fds[i].fd);
+            fds[i] = fds[n - 1];
+            count[i] = count[n - 1];
+            expect[i] = expect[n - 1];
+            memcpy(hdr[i], hdr[n - 1], sizeof hdr[i]);
+            hl[i] = hl[n - 1];
+            n--;
+            i--;
+        }
+    }
+}
+"#;
+
+/// Compiles [`NETECHO_C`] into a static binary at `out` (needs `gcc` and `libc6-dev`).
+pub fn build_netecho(out: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let src = dir.path().join("netecho.c");
+    fs::write(&src, NETECHO_C)?;
+    let res = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+        .context("running gcc (apt-get install gcc libc6-dev)")?;
+    if !res.status.success() {
+        bail!(
+            "gcc -static netecho.c failed ({}): {}",
+            res.status,
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The second layer of [`net`]: applets, `netecho`, `/www/index.html`.
+fn net_tar() -> Result<Vec<u8>> {
+    let dir = tempfile::tempdir()?;
+    let bin = dir.path().join("netecho");
+    build_netecho(&bin)?;
+    let mut t = TarBuf::new();
+    t.dir("bin/", 0o755)?;
+    for applet in NET_APPLETS {
+        t.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    t.file("bin/netecho", 0o755, &fs::read(&bin)?)?;
+    t.dir("www/", 0o755)?;
+    t.file("www/index.html", 0o644, NET_INDEX_HTML.as_bytes())?;
+    t.dir("www/cgi-bin/", 0o755)?;
+    t.file("www/cgi-bin/slow", 0o755, NET_SLOW_CGI.as_bytes())?;
+    t.finish()
+}
+
+/// The [`busybox`] image plus a second layer for network tests: more applets
+/// ([`NET_APPLETS`]: `httpd`, `nslookup`, `timeout`, ...), `/bin/netecho` (see
+/// [`NETECHO_C`], compiled here with `gcc -static`), `/www/index.html` =
+/// [`NET_INDEX_HTML`] and the CGI script `/www/cgi-bin/slow` ([`NET_SLOW_CGI`]). Busybox's `wget -T` crashes (Debian 1.35): use `timeout N wget`.
+pub fn net(dir: &Path, tag: &str, compression: Compression) -> Result<Layout> {
+    let w = Writer::new(dir)?;
+    let layers = [(busybox_tar()?, compression), (net_tar()?, compression)];
+    let image = w.image("amd64", &layers, Flavor::Oci)?;
+    w.single(image, tag)
+}
+
 /// A multi-arch OCI image index with linux/amd64 (busybox layer, then a layer with
 /// `/etc/apex-arch` = `"amd64\n"`) and linux/arm64 (only the `/etc/apex-arch` = `"arm64\n"`
 /// layer; no runnable binary). All layers gzip.

@@ -6,6 +6,7 @@
 //! - [`images`]: OCI image layouts written by hand (busybox, multi-arch, layered, hostile);
 //! - [`skopeo`]: an independent client to push, pull and inspect, to cross-check Apex;
 //! - [`env`]: registry + busybox + pulled home, ready for VM tests;
+//! - [`net`]: the same with the network test image (httpd, nslookup, a UDP/TCP echo server);
 //! - [`apex`]: helpers that run the `apex` CLI binary with an isolated `APEX_HOME`.
 
 #![warn(missing_docs)]
@@ -13,6 +14,7 @@
 pub mod apex;
 pub mod env;
 pub mod images;
+pub mod net;
 pub mod registry;
 pub mod skopeo;
 

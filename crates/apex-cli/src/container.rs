@@ -489,6 +489,7 @@ async fn ls(client: &Client, a: LsArgs) -> Result<ExitCode> {
                 command_column(&c.command, a.no_trunc),
                 format::ago(Some(&c.created)),
                 c.status.clone(),
+                c.ports.join(", "),
                 c.name.clone(),
             ]
         })
@@ -500,6 +501,7 @@ async fn ls(client: &Client, a: LsArgs) -> Result<ExitCode> {
             "COMMAND",
             "CREATED",
             "STATUS",
+            "PORTS",
             "NAMES",
         ],
         &rows,
@@ -947,6 +949,25 @@ mod tests {
                 assert_eq!((s.time, s.containers.len()), (Some(3), 2))
             }
             _ => panic!("stop"),
+        }
+        match p(&[
+            "run",
+            "--network",
+            "front",
+            "-p",
+            "8080:80",
+            "--publish",
+            "53:53/udp",
+            "img",
+        ])
+        .unwrap()
+        .c
+        {
+            ContainerCmd::Verbs(Verbs::Run(r)) => {
+                assert_eq!(r.create.network.as_deref(), Some("front"));
+                assert_eq!(r.create.publish, ["8080:80", "53:53/udp"]);
+            }
+            _ => panic!("run"),
         }
         match p(&["logs", "-f", "--tail", "3", "-t", "web"]).unwrap().c {
             ContainerCmd::Verbs(Verbs::Logs(l)) => {

@@ -8,6 +8,7 @@ mod container;
 mod daemon;
 mod format;
 mod image;
+mod network;
 mod progress;
 mod registry;
 mod run;
@@ -43,6 +44,9 @@ enum Cmd {
     /// Manage images.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
     /// Log in to and out of registries.
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             Cmd::Containers(v) => container::verbs(&home, v).await,
             Cmd::Container(c) => container::run(&home, c).await,
             Cmd::Image(c) => done(image::run(&home, c).await),
+            Cmd::Network(c) => network::run(&home, c).await,
             Cmd::Pull(a) => done(image::run(&home, image::ImageCmd::Pull(a)).await),
             Cmd::Images(a) => done(image::run(&home, image::ImageCmd::Ls(a)).await),
             Cmd::Registry(c) => done(registry::run(&home, c).await),

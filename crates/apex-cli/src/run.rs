@@ -71,6 +71,13 @@ pub struct CreateArgs {
     /// Memory, e.g. `256m`, `1g`.
     #[arg(short, long, default_value = "256m", value_parser = parse_memory)]
     pub memory: u64,
+    /// Network to join (default `default`; `none` for no network).
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
+    /// Publish a port: `[host-ip:][host-port:]container-port[/tcp|udp]` (host address
+    /// 127.0.0.1 unless given). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no", value_parser = parse_restart)]
     pub restart: RestartPolicy,
@@ -180,7 +187,8 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         boot_timeout_s: Some(a.boot_timeout),
         restart: a.restart,
         auto_remove: a.rm,
-        ..Default::default()
+        network: a.network.clone(),
+        publish: a.publish.clone(),
     };
     let client = client.with_timeout(Some(CREATE_TIMEOUT));
     match client.post_json("/v1/containers", &req).await {
@@ -203,9 +211,11 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
     client.post_json("/v1/containers", &req).await.api()
 }
 
-/// A 404 on create means the image is missing (unless the route itself is).
+/// A 404 on create means the image is missing (not the route, nor the network).
 fn is_missing_image(e: &ClientError) -> bool {
-    e.is_not_found() && !e.message().starts_with("no such route")
+    e.is_not_found()
+        && !e.message().starts_with("no such route")
+        && !e.message().starts_with("no such network")
 }
 
 /// `apex run`: returns the container's exit code (or the daemon's 125/126/127).
@@ -420,5 +430,9 @@ mod tests {
             "no such route: POST /v1/containers"
         )));
         assert!(!is_missing_image(&e(StatusCode::CONFLICT, "name taken")));
+        assert!(!is_missing_image(&e(
+            StatusCode::NOT_FOUND,
+            "no such network: front"
+        )));
     }
 }

@@ -29,6 +29,8 @@ pub enum SystemCmd {
     Version,
     /// Print the end of the daemon log.
     Logs(LogsArgs),
+    /// Show the host DNS server for `<name>.test` and how to use it.
+    Dns,
 }
 
 #[derive(Args)]
@@ -55,6 +57,7 @@ pub async fn run(home: &Path, cmd: SystemCmd) -> Result<()> {
         SystemCmd::Df(a) => df(&client, a.format).await,
         SystemCmd::Version => version(&client).await,
         SystemCmd::Logs(a) => logs(&paths, a.lines),
+        SystemCmd::Dns => dns(&client).await,
     }
 }
 
@@ -99,7 +102,55 @@ async fn status(client: &Client, fmt: Format) -> Result<()> {
     println!("containers:   {}", s.containers);
     println!("images:       {}", s.images);
     println!("accelerator:  {}", s.accelerator);
+    match (&s.network_mode[..], &s.network_reason) {
+        ("", _) => {}
+        (m, Some(why)) => println!("network:      {m} ({why})"),
+        (m, None) => println!("network:      {m}"),
+    }
+    if !s.dns.is_empty() {
+        println!("dns:          {}", s.dns);
+    }
     Ok(())
+}
+
+async fn dns(client: &Client) -> Result<()> {
+    let s: SystemStatus = client.get("/v1/system/status").await?;
+    print!("{}", dns_help(&s));
+    Ok(())
+}
+
+/// What `apex system dns` prints: the address first, then how to use it.
+fn dns_help(s: &SystemStatus) -> String {
+    if s.dns.is_empty() {
+        let why = match (&s.network_mode[..], &s.network_reason) {
+            ("user", Some(r)) => format!("user-mode networking ({r})"),
+            _ => "no DNS server could be started (see `apex system logs`)".into(),
+        };
+        return format!("apexd serves no host DNS: {why}.\n");
+    }
+    let (ip, port) = s
+        .dns
+        .rsplit_once(':')
+        .map(|(ip, p)| (ip.to_string(), p.to_string()))
+        .unwrap_or((s.dns.clone(), "53".into()));
+    let dns = &s.dns;
+    let lines = [
+        dns.to_string(),
+        String::new(),
+        format!("apexd answers <name>.test and <name>.<network>.test of running containers at {dns}"),
+        "and forwards other names to the host's resolvers. Try:".into(),
+        String::new(),
+        format!("    dig @{ip} -p {port} web.test"),
+        String::new(),
+        "To resolve .test names everywhere with systemd-resolved:".into(),
+        String::new(),
+        format!("    resolvectl dns lo {ip}:{port}"),
+        "    resolvectl domain lo '~test'".into(),
+        String::new(),
+        format!("(or a [Resolve] drop-in with DNS={ip}:{port} and Domains=~test). /etc/resolv.conf"),
+        format!("cannot name a port: point it at a local forwarder (dnsmasq: server=/test/{ip}#{port})."),
+    ];
+    lines.join("\n") + "\n"
 }
 
 async fn df(client: &Client, fmt: Format) -> Result<()> {
@@ -147,4 +198,33 @@ fn logs(paths: &Paths, n: usize) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(mode: &str, reason: Option<&str>, dns: &str) -> SystemStatus {
+        SystemStatus {
+            pid: 1,
+            uptime_s: 0,
+            home: "/h".into(),
+            containers: 0,
+            images: 0,
+            accelerator: "tcg".into(),
+            network_mode: mode.into(),
+            network_reason: reason.map(Into::into),
+            dns: dns.into(),
+        }
+    }
+
+    #[test]
+    fn dns_help_starts_with_the_address() {
+        let h = dns_help(&status("bridge", None, "127.0.0.1:5354"));
+        assert_eq!(h.lines().next(), Some("127.0.0.1:5354"));
+        assert!(h.contains("dig @127.0.0.1 -p 5354 web.test"), "{h}");
+        assert!(h.contains("resolvectl dns lo 127.0.0.1:5354"), "{h}");
+        let u = dns_help(&status("user", Some("no CAP_NET_ADMIN"), ""));
+        assert!(u.contains("user-mode networking (no CAP_NET_ADMIN)"), "{u}");
+    }
 }

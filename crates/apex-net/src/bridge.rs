@@ -69,9 +69,23 @@ pub fn bridge_name(network_id: &str) -> String {
     name_with_prefix(BRIDGE_PREFIX, network_id)
 }
 
+/// The fixed MAC address of bridge `name`: `02:` + 5 bytes of a hash of the name.
+///
+/// Without one a bridge takes the lowest MAC of its ports, so it changes when a tap comes
+/// or goes, and guests keep sending to the old one (stale ARP) until they re-resolve.
+pub fn bridge_mac(name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x02, b[0], b[1], b[2], b[3], b[4]]
+}
+
 /// Creates (if needed) bridge `name` with `gateway/prefix` of `subnet` as its only IPv4
-/// address, sets its MTU and brings it up. Fails if `name` exists but is not a bridge.
-/// Returns the bridge's interface index.
+/// address, sets its MTU and fixed MAC ([`bridge_mac`]) and brings it up. Fails if `name`
+/// exists but is not a bridge. Returns the bridge's interface index.
 pub async fn ensure_bridge(nl: &Netlink, name: &str, subnet: Subnet, mtu: u32) -> Result<u32> {
     validate_ifname(name)?;
     let link = match nl.link(name).await? {
@@ -104,7 +118,13 @@ pub async fn ensure_bridge(nl: &Netlink, name: &str, subnet: Subnet, mtu: u32) -
     set_address(nl, &link, subnet).await?;
     nl.handle()
         .link()
-        .set(LinkUnspec::new_with_index(link.index).mtu(mtu).up().build())
+        .set(
+            LinkUnspec::new_with_index(link.index)
+                .mtu(mtu)
+                .address(bridge_mac(name).to_vec())
+                .up()
+                .build(),
+        )
         .execute()
         .await
         .map_err(|e| Error::netlink(format!("cannot bring up bridge {name}"), e))?;
@@ -353,6 +373,14 @@ mod tests {
         validate_ifname(&b).unwrap();
         // Odd characters are dropped, short ids kept whole.
         assert_eq!(tap_name("a/b:c d"), "apx-abcd");
+    }
+
+    #[test]
+    fn bridge_macs_are_stable_local_unicast() {
+        let m = bridge_mac("apex0");
+        assert_eq!(m[0], 0x02);
+        assert_eq!(m, bridge_mac("apex0"));
+        assert_ne!(m, bridge_mac("apex1"));
     }
 
     #[test]

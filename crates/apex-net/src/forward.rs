@@ -350,14 +350,68 @@ async fn splice_tcp(client: TcpStream, peer: SocketAddr, connector: Arc<dyn Conn
             return;
         }
     };
-    let mut client = client;
-    let mut guest = guest;
-    if let Err(e) =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut guest, SPLICE_BUF, SPLICE_BUF)
-            .await
-    {
+    if let Err(e) = splice_half_close_late(client, guest).await {
         tracing::debug!(%peer, port, "forwarded connection ended: {e}");
     }
+}
+
+/// How long the guest must have sent nothing after the client's half-close before it is
+/// passed on.
+const HALF_CLOSE_IDLE: Duration = Duration::from_millis(300);
+
+/// Relays both ways like `copy_bidirectional`, except that the client's half-close
+/// reaches the guest only once the guest has been quiet for [`HALF_CLOSE_IDLE`].
+///
+/// The vsock backend (vhost-device-vsock 0.3) turns a host-side half-close into a full
+/// shutdown of the guest's socket, so a reply the guest server sends after it (an echo
+/// of the last bytes, say) would be lost; waiting lets such replies through. A server that
+/// answers only after EOF gets it after the idle time.
+async fn splice_half_close_late(client: TcpStream, guest: UnixStream) -> io::Result<()> {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut gr, mut gw) = guest.into_split();
+    let (activity, mut seen) = tokio::sync::watch::channel(Instant::now());
+    let down = async move {
+        let mut buf = vec![0u8; SPLICE_BUF];
+        loop {
+            let n = gr.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            cw.write_all(&buf[..n]).await?;
+            activity.send_replace(Instant::now());
+        }
+        cw.shutdown().await
+    };
+    let up = async move {
+        let mut buf = vec![0u8; SPLICE_BUF];
+        loop {
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            gw.write_all(&buf[..n]).await?;
+        }
+        // Wait for the guest to go quiet (or to close: `down` then ends the splice).
+        loop {
+            let last = *seen.borrow_and_update();
+            let quiet_at = std::cmp::max(last, Instant::now()) + HALF_CLOSE_IDLE;
+            tokio::select! {
+                _ = sleep_until(quiet_at) => {
+                    if *seen.borrow() == last {
+                        break;
+                    }
+                }
+                changed = seen.changed() => {
+                    if changed.is_err() {
+                        return Ok(()); // the guest side is done
+                    }
+                }
+            }
+        }
+        gw.shutdown().await
+    };
+    let (d, u) = tokio::join!(down, up);
+    d.and(u)
 }
 
 /// Closes with RST so the client sees "connection reset" rather than an empty reply.

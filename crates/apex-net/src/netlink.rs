@@ -5,10 +5,12 @@ use std::net::IpAddr;
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+pub use rtnetlink::packet_route::link::InfoKind;
 
 use crate::error::netlink_errno;
 use crate::{Error, Result};
@@ -37,6 +39,8 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// Administratively up.
     pub up: bool,
+    /// The interface alias (`ip link set NAME alias TEXT`), if set.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -48,12 +52,14 @@ impl Link {
             controller: None,
             mtu: None,
             up: msg.header.flags.contains(LinkFlags::Up),
+            alias: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
                 LinkAttribute::Mtu(m) => link.mtu = Some(*m),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         if let LinkInfo::Kind(k) = info {
@@ -97,6 +103,16 @@ impl Netlink {
             Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(Error::netlink(format!("cannot look up link {name}"), e)),
         }
+    }
+
+    /// Sets the alias of link `index` (apexd records the owner of its links there).
+    pub async fn set_alias(&self, index: u32, alias: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).alias(alias).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("cannot set the alias of link {index}"), e))
     }
 
     /// Every link of the namespace.

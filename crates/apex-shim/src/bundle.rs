@@ -52,6 +52,13 @@ pub struct ShimConfig {
     pub wait_attach: bool,
     /// Rotate `container.log` past this many bytes.
     pub log_max_bytes: u64,
+    /// virtio-net NICs (eth0, eth1, ... in the guest).
+    #[serde(default)]
+    pub nics: Vec<apex_vm::Nic>,
+    /// Guest network configuration, applied after boot and before the main process
+    /// starts (a failure ends the container with exit code 125).
+    #[serde(default)]
+    pub network: Option<apex_agent_proto::api::SetNetwork>,
 }
 
 /// Paths inside one bundle.

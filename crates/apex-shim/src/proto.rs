@@ -94,6 +94,10 @@ pub struct Status {
     /// Set once exited.
     #[serde(default)]
     pub exit: Option<Exit>,
+    /// The VM's state directory once it is booted (for
+    /// [`apex_runtime::sandbox::forward_at`]).
+    #[serde(default)]
+    pub vm_dir: Option<std::path::PathBuf>,
 }
 
 /// Guest statistics ([`Request::Stats`]'s answer).

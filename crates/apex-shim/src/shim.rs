@@ -64,6 +64,7 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
         vm_pid: None,
         started_at: None,
         exit: None,
+        vm_dir: None,
     });
     let shim = Arc::new(Shim {
         cfg,
@@ -175,7 +176,7 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
         boot_timeout: Duration::from_secs(cfg.boot_timeout_s),
-        nics: vec![],
+        nics: cfg.nics.clone(),
     });
     let sandbox = tokio::select! {
         r = boot => match r {
@@ -189,9 +190,32 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         _ = shim.abort.notified() => return shim.exit_from_abort(),
     };
     let _ = shim.sandbox.set(sandbox.clone());
-    shim.status
-        .send_modify(|s| s.vm_pid = Some(sandbox.vm_pid()));
+    shim.status.send_modify(|s| {
+        s.vm_pid = Some(sandbox.vm_pid());
+        s.vm_dir = Some(sandbox.state_dir().to_path_buf());
+    });
     tracing::info!(vm_pid = sandbox.vm_pid(), "VM booted");
+    if let Some(net) = cfg.network.clone() {
+        let t0 = std::time::Instant::now();
+        // Bounded like the boot: a guest that never answers must not hang the start.
+        let limit = Duration::from_secs(cfg.boot_timeout_s.max(5));
+        tokio::select! {
+            r = tokio::time::timeout(limit, sandbox.set_network(net)) => match r {
+                Ok(Ok(())) => tracing::info!(elapsed = ?t0.elapsed(), "guest network configured"),
+                Ok(Err(e)) => return Exit {
+                    exit_code: 125,
+                    reason: Some("the network could not be configured".into()),
+                    error: Some(format!("{e:#}")),
+                },
+                Err(_) => return Exit {
+                    exit_code: 125,
+                    reason: Some("the network could not be configured".into()),
+                    error: Some(format!("the guest did not configure its network within {limit:?}")),
+                },
+            },
+            _ = shim.abort.notified() => return shim.exit_from_abort(),
+        }
+    }
     if cfg.wait_attach {
         let wait = Duration::from_secs(cfg.boot_timeout_s.max(5));
         tokio::select! {

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 
 use crate::containers::Containers;
 use crate::info;
+use crate::networks::Networks;
 use crate::paths::Paths;
 use crate::store::StateStore;
 
@@ -66,6 +67,16 @@ pub enum Endpoint {
     ContainerPrune,
     /// `POST /v1/images/pull`.
     ImagePull,
+    /// `GET /v1/networks`.
+    NetworkList,
+    /// `POST /v1/networks`.
+    NetworkCreate,
+    /// `GET /v1/networks/{id}`.
+    NetworkInspect,
+    /// `DELETE /v1/networks/{id}`.
+    NetworkRemove,
+    /// `POST /v1/networks/prune`.
+    NetworkPrune,
 }
 
 /// One served route.
@@ -124,6 +135,11 @@ pub const ROUTES: &[Route] = &[
     ),
     Route::new("POST", "/v1/containers/{id}/exec", Endpoint::ExecCreate),
     Route::new("POST", "/v1/exec/{id}/start", Endpoint::ExecStart),
+    Route::new("GET", "/v1/networks", Endpoint::NetworkList),
+    Route::new("POST", "/v1/networks", Endpoint::NetworkCreate),
+    Route::new("POST", "/v1/networks/prune", Endpoint::NetworkPrune),
+    Route::new("GET", "/v1/networks/{id}", Endpoint::NetworkInspect),
+    Route::new("DELETE", "/v1/networks/{id}", Endpoint::NetworkRemove),
 ];
 
 /// `GET /v1/version`.
@@ -166,6 +182,16 @@ pub struct SystemStatus {
     pub images: u64,
     /// `kvm`, `tcg` or `unknown` (no probe cached yet).
     pub accelerator: String,
+    /// `bridge` (a bridge per network, container names resolve) or `user` (QEMU user-mode
+    /// networking: outbound and published ports only).
+    #[serde(default)]
+    pub network_mode: String,
+    /// Why user mode is used (absent in bridge mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_reason: Option<String>,
+    /// The host DNS server (`127.0.0.1:PORT`) answering `<name>.test`; empty if none.
+    #[serde(default)]
+    pub dns: String,
 }
 
 /// One directory of `GET /v1/system/df`.
@@ -204,26 +230,51 @@ struct Inner {
     started: Instant,
     store: Arc<StateStore>,
     containers: Arc<Containers>,
+    networks: Arc<Networks>,
     shutdown: Arc<Notify>,
     accel_cache: PathBuf,
 }
 
 impl AppState {
-    /// State for a daemon serving `paths`; `shutdown` is notified by the shutdown route.
+    /// State for a daemon serving `paths` without host networking (user mode); `shutdown`
+    /// is notified by the shutdown route.
     pub fn new(paths: Paths, store: Arc<StateStore>, shutdown: Arc<Notify>) -> Self {
         Self::with_accel_cache(paths, store, shutdown, info::ACCEL_CACHE.into())
     }
 
-    /// Like [`AppState::new`], reading the accelerator from `accel_cache` (for tests).
+    /// Like [`AppState::new`], reading the accelerator from `accel_cache`, with user-mode
+    /// networking that touches nothing on the host (for tests).
     pub fn with_accel_cache(
         paths: Paths,
         store: Arc<StateStore>,
         shutdown: Arc<Notify>,
         accel_cache: PathBuf,
     ) -> Self {
-        let containers = Containers::new(paths.home(), store.clone());
+        let networks = Networks::user_mode(paths.home(), store.clone(), "test");
+        Self::build(paths, store, shutdown, accel_cache, networks)
+    }
+
+    /// State for a daemon serving `paths` with `networks` (see [`Networks::start`]).
+    pub fn with_networks(
+        paths: Paths,
+        store: Arc<StateStore>,
+        shutdown: Arc<Notify>,
+        networks: Arc<Networks>,
+    ) -> Self {
+        Self::build(paths, store, shutdown, info::ACCEL_CACHE.into(), networks)
+    }
+
+    fn build(
+        paths: Paths,
+        store: Arc<StateStore>,
+        shutdown: Arc<Notify>,
+        accel_cache: PathBuf,
+        networks: Arc<Networks>,
+    ) -> Self {
+        let containers = Containers::new(paths.home(), store.clone(), networks.clone());
         AppState(Arc::new(Inner {
             containers,
+            networks,
             paths,
             started: Instant::now(),
             store,
@@ -237,6 +288,11 @@ impl AppState {
     /// The container manager.
     pub fn containers(&self) -> &Arc<Containers> {
         &self.0.containers
+    }
+
+    /// The networks.
+    pub fn networks(&self) -> &Arc<Networks> {
+        &self.0.networks
     }
 }
 
@@ -288,6 +344,7 @@ impl IntoResponse for ApiError {
 }
 
 mod containers;
+mod networks;
 mod pull;
 pub use containers::{parse_signal, UPGRADE_PROTOCOL};
 
@@ -329,6 +386,11 @@ fn handler(filter: MethodFilter, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::ExecStart => on(filter, containers::exec_start),
         Endpoint::ContainerPrune => on(filter, containers::prune),
         Endpoint::ImagePull => on(filter, pull::pull),
+        Endpoint::NetworkList => on(filter, networks::list),
+        Endpoint::NetworkCreate => on(filter, networks::create),
+        Endpoint::NetworkInspect => on(filter, networks::inspect),
+        Endpoint::NetworkRemove => on(filter, networks::remove),
+        Endpoint::NetworkPrune => on(filter, networks::prune),
     }
 }
 
@@ -355,7 +417,16 @@ async fn status(State(s): State<AppState>) -> ApiResult<SystemStatus> {
     let images = blocking(move || Ok(apex_oci::ImageStore::open(&home)?.list()?.len())).await?;
     let accel_cache = s.0.accel_cache.clone();
     let accelerator = blocking(move || Ok(info::accelerator(&accel_cache))).await?;
+    let (mode, reason) = s.0.networks.mode();
     Ok(Json(SystemStatus {
+        network_mode: mode.into(),
+        network_reason: reason,
+        dns: s
+            .0
+            .networks
+            .host_dns()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         pid: std::process::id(),
         uptime_s: s.0.started.elapsed().as_secs(),
         home: s.0.paths.home().to_path_buf(),

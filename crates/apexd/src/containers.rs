@@ -25,6 +25,7 @@ use crate::api::ApiError;
 use crate::model::{
     ContainerSummary, CreateRequest, Created, ExecRequest, RestartPolicy, WaitResult,
 };
+use crate::networks::{self, Networks};
 use crate::store::{ContainerConfig, ContainerRecord, ContainerState, StateStore};
 
 /// How long a new shim may take to answer on its socket.
@@ -38,6 +39,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub struct Containers {
     home: PathBuf,
     store: Arc<StateStore>,
+    networks: Arc<Networks>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     create_lock: tokio::sync::Mutex<()>,
     execs: Mutex<HashMap<String, (String, ExecSpec)>>,
@@ -112,10 +114,11 @@ fn shim_bin() -> Result<PathBuf> {
 
 impl Containers {
     /// A manager over `store`, bundles under `<home>/containers`.
-    pub fn new(home: &Path, store: Arc<StateStore>) -> Arc<Self> {
+    pub fn new(home: &Path, store: Arc<StateStore>, networks: Arc<Networks>) -> Arc<Self> {
         Arc::new(Containers {
             home: home.to_path_buf(),
             store,
+            networks,
             locks: Mutex::default(),
             create_lock: tokio::sync::Mutex::new(()),
             execs: Mutex::default(),
@@ -126,6 +129,11 @@ impl Containers {
     /// The state store.
     pub fn store(&self) -> &StateStore {
         &self.store
+    }
+
+    /// The networks.
+    pub fn networks(&self) -> &Arc<Networks> {
+        &self.networks
     }
 
     /// A container's bundle.
@@ -202,6 +210,13 @@ impl Containers {
                 ));
             }
         }
+        let network = req
+            .network
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| apex_net::ipam::DEFAULT_NETWORK.to_string());
+        self.networks.check_exists(&network)?;
+        networks::parse_publish(&req.publish)?;
         let home = self.home.clone();
         let image = req.image.clone();
         let (rec, image_cfg) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
@@ -272,6 +287,8 @@ impl Containers {
                 auto_remove: req.auto_remove,
                 rootfs,
                 image_id: rec.config_digest.to_string(),
+                network: Some(network),
+                publish: req.publish.clone(),
             },
             started_at: None,
             finished_at: None,
@@ -280,6 +297,8 @@ impl Containers {
             restart_count: 0,
             stopped_by_user: false,
             shim_pid: None,
+            network: None,
+            ports: vec![],
         };
         let bundle = self.bundle(&id);
         std::fs::create_dir_all(bundle.dir())
@@ -314,6 +333,20 @@ impl Containers {
         let bundle = self.bundle(&rec.id);
         std::fs::create_dir_all(bundle.dir())
             .with_context(|| format!("cannot create {}", bundle.dir().display()))?;
+        // Ports first: a port in use fails the start before anything else exists.
+        let specs = networks::parse_publish(&rec.config.publish)?;
+        let ports = self
+            .networks
+            .publish(&rec.id, &specs, &bundle.socket())
+            .await?;
+        let net = match self.networks.attach(&rec).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.networks.unpublish(&rec.id).await;
+                return Err(e);
+            }
+        };
+        let attachment = net.as_ref().map(|n| n.attachment.clone());
         let cfg = ShimConfig {
             id: rec.id.clone(),
             name: rec.name.clone(),
@@ -327,22 +360,37 @@ impl Containers {
             stdin_open: rec.config.stdin_open,
             wait_attach,
             log_max_bytes: LOG_MAX_BYTES,
+            nics: net.as_ref().map(|n| n.nics.clone()).unwrap_or_default(),
+            network: net.map(|n| n.guest),
         };
-        bundle.write_config(&cfg).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot write the container config: {e:#}"),
-            )
-        })?;
-        let _ = std::fs::remove_file(bundle.exit_file());
-        let pid = self.spawn_shim(&bundle).await?;
+        let spawned = async {
+            bundle.write_config(&cfg).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot write the container config: {e:#}"),
+                )
+            })?;
+            let _ = std::fs::remove_file(bundle.exit_file());
+            self.spawn_shim(&bundle).await
+        }
+        .await;
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.networks.detach(&rec.id, attachment.as_ref()).await;
+                return Err(e);
+            }
+        };
         rec.state = ContainerState::Running;
         rec.started_at = Some(now());
         rec.finished_at = None;
         rec.exit_code = None;
         rec.exit_reason = None;
         rec.shim_pid = Some(pid);
+        rec.network = attachment;
+        rec.ports = ports;
         self.put(&rec)?;
+        self.networks.register(&rec);
         tracing::info!(
             id = &rec.id[..12],
             shim_pid = pid,
@@ -460,6 +508,8 @@ impl Containers {
         if rec.shim_pid != Some(shim_pid) {
             return; // Already handled (stop, rm) or superseded by a newer start.
         }
+        self.networks.detach(id, rec.network.as_ref()).await;
+        rec.ports.clear();
         rec.state = ContainerState::Exited;
         rec.exit_code = Some(exit.exit_code);
         rec.exit_reason = exit.reason.clone().or(exit.error.clone());
@@ -473,7 +523,7 @@ impl Containers {
         );
         if rec.config.auto_remove {
             drop(g);
-            let _ = self.remove_locked_free(&rec.id).await;
+            let _ = self.remove_locked_free(&rec).await;
             return;
         }
         let restart = should_restart(&rec);
@@ -540,6 +590,8 @@ impl Containers {
         if let Some(pid) = rec.shim_pid {
             wait_pid_gone(pid, Duration::from_secs(5)).await;
         }
+        self.networks.detach(&id, rec.network.as_ref()).await;
+        rec.ports.clear();
         rec.state = ContainerState::Exited;
         rec.exit_code = Some(exit.exit_code);
         rec.exit_reason = exit.reason.or(exit.error);
@@ -587,16 +639,19 @@ impl Containers {
                 }
             }
         }
-        self.remove_record(&rec.id)
+        self.remove_record(&rec).await
     }
 
-    async fn remove_locked_free(&self, id: &str) -> Result<(), ApiError> {
-        let lock = self.lock_of(id);
+    async fn remove_locked_free(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+        let lock = self.lock_of(&rec.id);
         let _g = lock.lock().await;
-        self.remove_record(id)
+        self.remove_record(rec).await
     }
 
-    fn remove_record(&self, id: &str) -> Result<(), ApiError> {
+    /// Deletes the record and bundle; the container's ports, tap and address go too.
+    async fn remove_record(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+        let id = rec.id.as_str();
+        self.networks.release(rec).await;
         self.store.delete(id)?;
         let _ = std::fs::remove_dir_all(self.bundle(id).dir());
         self.locks.lock().expect("locks").remove(id);
@@ -722,6 +777,7 @@ impl Containers {
                         && UnixStream::connect(bundle.socket()).await.is_ok();
                     if alive {
                         tracing::info!(id = &rec.id[..12], shim_pid = pid, "re-attached");
+                        self.networks.reattach(&rec, &bundle.socket()).await;
                         self.clone().monitor(rec.id.clone(), pid);
                     } else {
                         let exit = bundle.read_exit().unwrap_or(Exit {
@@ -878,6 +934,11 @@ pub fn summary(r: &ContainerRecord) -> ContainerSummary {
             )
         }
     };
+    let ports = if r.state == ContainerState::Running {
+        r.ports.iter().map(networks::port_display).collect()
+    } else {
+        vec![]
+    };
     ContainerSummary {
         id: r.id.clone(),
         name: r.name.clone(),
@@ -887,6 +948,7 @@ pub fn summary(r: &ContainerRecord) -> ContainerSummary {
         state: r.state,
         status,
         exit_code: r.exit_code,
+        ports,
     }
 }
 
@@ -944,6 +1006,8 @@ mod tests {
                 auto_remove: false,
                 rootfs: "/x".into(),
                 image_id: "sha256:0".into(),
+                network: None,
+                publish: vec![],
             },
             started_at: None,
             finished_at: None,
@@ -952,6 +1016,8 @@ mod tests {
             restart_count: 0,
             stopped_by_user: false,
             shim_pid: None,
+            network: None,
+            ports: vec![],
         }
     }
 
@@ -985,7 +1051,8 @@ mod tests {
         let b = record(&format!("ac{}", "2".repeat(62)), "db");
         store.put(&a).unwrap();
         store.put(&b).unwrap();
-        let c = Containers::new(dir.path(), store);
+        let nets = Networks::user_mode(dir.path(), store.clone(), "test");
+        let c = Containers::new(dir.path(), store, nets);
         assert_eq!(c.resolve(&a.id).unwrap().name, "web");
         assert_eq!(c.resolve("db").unwrap().id, b.id);
         assert_eq!(c.resolve("ab1").unwrap().name, "web");

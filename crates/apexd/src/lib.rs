@@ -4,6 +4,7 @@
 //! - [`store`]: durable daemon state (containers) in an embedded redb database;
 //! - [`client`]: the client side, HTTP/1.1 over the Unix socket (used by `apex`);
 //! - [`api`]: the v1 HTTP/JSON API ([`api::ROUTES`] is the single list of routes);
+//! - [`networks`]: networks, container addresses, DNS and published ports;
 //! - [`info`]: system facts the API reports (disk usage, accelerator);
 //! - [`server`]: single-instance lock, pid file, Unix socket, graceful shutdown;
 //! - [`logging`]: the daemon log file.
@@ -14,6 +15,7 @@ pub mod containers;
 pub mod info;
 pub mod logging;
 pub mod model;
+pub mod networks;
 pub mod paths;
 pub mod server;
 pub mod store;

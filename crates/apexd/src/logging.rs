@@ -10,7 +10,8 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::paths::Paths;
 
-/// Installs the global subscriber: `info` (or `debug`), overridden by `$APEX_LOG`.
+/// Installs the global subscriber: `info` (or `debug`), overridden by `$APEX_LOG`. The
+/// DNS server's per-query lines are left out unless `$APEX_LOG` asks for them.
 pub fn init(paths: &Paths, foreground: bool, debug: bool) -> Result<()> {
     let dir = paths.log_dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -19,8 +20,13 @@ pub fn init(paths: &Paths, foreground: bool, debug: bool) -> Result<()> {
         .append(true)
         .open(paths.log_file())
         .with_context(|| format!("cannot open {}", paths.log_file().display()))?;
-    let filter = EnvFilter::try_from_env("APEX_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if debug { "debug" } else { "info" }));
+    let filter = EnvFilter::try_from_env("APEX_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(if debug {
+            "debug,hickory_server=warn,hickory_proto=warn,hickory_resolver=warn"
+        } else {
+            "info,hickory_server=warn"
+        })
+    });
     let file_layer = fmt::layer().with_ansi(false).with_writer(Arc::new(file));
     let stderr_layer = foreground.then(|| fmt::layer().with_writer(std::io::stderr));
     tracing_subscriber::registry()

@@ -223,6 +223,9 @@ pub struct ContainerSummary {
     /// Exit code once exited.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Published ports while running, docker-style: `127.0.0.1:8080->80/tcp`.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 /// `GET /v1/containers/{id}/wait`.

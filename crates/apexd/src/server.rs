@@ -14,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
 use crate::api::{self, AppState};
+use crate::networks::Networks;
 use crate::paths::Paths;
 use crate::store::StateStore;
 
@@ -109,7 +110,9 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
     write_pid(&paths.pid_file())?;
 
     let shutdown = Arc::new(Notify::new());
-    let state = AppState::new(paths.clone(), Arc::new(store), shutdown.clone());
+    let store = Arc::new(store);
+    let networks = Networks::start(paths.home(), store.clone()).await;
+    let state = AppState::with_networks(paths.clone(), store, shutdown.clone(), networks.clone());
     if let Err(e) = state.containers().recover().await {
         tracing::error!("recovering containers: {e:#}");
     }
@@ -148,5 +151,8 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
             server.abort();
         }
     }
+    let cleanup = std::env::var("APEX_NETWORK_CLEANUP")
+        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    networks.shutdown(cleanup).await;
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Durable daemon state in `db/state.redb`.
 //!
-//! Tables: `meta` (`schema_version`) and `containers` (64-hex id -> [`ContainerRecord`] as
-//! JSON). The daemon opens the database once and keeps it for its whole life (redb allows
+//! Tables: `meta` (`schema_version`), `containers` (64-hex id -> [`ContainerRecord`] as
+//! JSON) and `networks` (name -> [`NetworkRecord`] as JSON). The daemon opens the database once and keeps it for its whole life (redb allows
 //! one process at a time, which the daemon's single-instance lock already guarantees).
 //! Every change is one redb transaction, so a crash leaves the old or the new state.
 
@@ -13,13 +13,18 @@ use anyhow::{bail, Context, Result};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use apex_net::forward::PortSpec;
+use apex_net::ipam::NetworkState;
+
 use crate::model::RestartPolicy;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 
 /// Current schema version; bump with a migration in [`StateStore::open`].
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: the `networks` table.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Lifecycle state of a container.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,6 +61,37 @@ pub struct ContainerConfig {
     pub rootfs: PathBuf,
     /// Image config digest.
     pub image_id: String,
+    /// Network to join (`None`: the default network; `none`: no network).
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Published ports as given (`[host-ip:]host-port:container-port[/proto]`).
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// A container's place on its network, kept across stop/start (the address stays
+/// allocated until the container is removed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// Network name.
+    pub network: String,
+    /// IPv4 address (no prefix).
+    pub address: String,
+    /// Guest MAC address.
+    pub mac: String,
+    /// Host tap device (empty in user-mode networking).
+    pub tap: String,
+}
+
+/// A network in the state database: its [`NetworkState`] (subnet, bridge, allocations)
+/// plus when it was created.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NetworkRecord {
+    /// Name, bridge, subnet and address allocations.
+    #[serde(flatten)]
+    pub state: NetworkState,
+    /// Creation time (RFC 3339).
+    pub created: String,
 }
 
 /// What the daemon knows about one container.
@@ -94,6 +130,12 @@ pub struct ContainerRecord {
     /// The helper's pid while running.
     #[serde(default)]
     pub shim_pid: Option<u32>,
+    /// Its network attachment, once started on a network.
+    #[serde(default)]
+    pub network: Option<Attachment>,
+    /// Published ports as bound (real host ports) while running.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
 }
 
 /// Whether `id` is a full container ID (64 lowercase hex characters).
@@ -118,6 +160,8 @@ impl StateStore {
         let tx = db.begin_write()?;
         {
             tx.open_table(CONTAINERS)?;
+            tx.open_table(NETWORKS)?;
+            migrate(&tx)?;
         }
         apex_oci::db::ensure_schema(&tx, SCHEMA_VERSION, "state database", path)?;
         tx.commit()?;
@@ -184,6 +228,86 @@ impl StateStore {
         tx.commit()?;
         Ok(existed)
     }
+
+    /// Inserts or replaces a network.
+    pub fn put_network(&self, net: &NetworkRecord) -> Result<()> {
+        let json = serde_json::to_vec(net)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(NETWORKS)?
+            .insert(net.state.name.as_str(), json.as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The network called `name`, if any.
+    pub fn get_network(&self, name: &str) -> Result<Option<NetworkRecord>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(NETWORKS)?;
+        let Some(v) = table.get(name)? else {
+            return Ok(None);
+        };
+        let net = serde_json::from_slice(v.value())
+            .with_context(|| format!("corrupt network record {name}"))?;
+        Ok(Some(net))
+    }
+
+    /// All networks, ordered by name.
+    pub fn list_networks(&self) -> Result<Vec<NetworkRecord>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(NETWORKS)?;
+        table
+            .iter()?
+            .map(|e| {
+                let (k, v) = e?;
+                serde_json::from_slice(v.value())
+                    .with_context(|| format!("corrupt network record {}", k.value()))
+            })
+            .collect()
+    }
+
+    /// Changes network `name` in one transaction: `f` sees the stored record and its
+    /// changes are saved only if it succeeds. `None` if there is no such network.
+    pub fn update_network<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut NetworkRecord) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let tx = self.db.begin_write()?;
+        let out = {
+            let mut table = tx.open_table(NETWORKS)?;
+            let current = match table.get(name)? {
+                Some(v) => serde_json::from_slice::<NetworkRecord>(v.value())
+                    .with_context(|| format!("corrupt network record {name}"))?,
+                None => return Ok(None),
+            };
+            let mut net = current;
+            let out = f(&mut net)?;
+            let json = serde_json::to_vec(&net)?;
+            table.insert(name, json.as_slice())?;
+            out
+        };
+        tx.commit()?;
+        Ok(Some(out))
+    }
+
+    /// Removes a network; whether it existed.
+    pub fn delete_network(&self, name: &str) -> Result<bool> {
+        let tx = self.db.begin_write()?;
+        let existed = tx.open_table(NETWORKS)?.remove(name)?.is_some();
+        tx.commit()?;
+        Ok(existed)
+    }
+}
+
+/// Upgrades an older database in place. v1 -> v2 only adds the `networks` table (opened by
+/// the caller), so it just records the new version.
+fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
+    let mut meta = tx.open_table(META)?;
+    let v = meta.get("schema_version")?.map(|g| g.value());
+    if v == Some(1) {
+        meta.insert("schema_version", SCHEMA_VERSION)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,6 +337,8 @@ mod tests {
                 auto_remove: false,
                 rootfs: "/x.erofs".into(),
                 image_id: "sha256:00".into(),
+                network: None,
+                publish: vec![],
             },
             started_at: None,
             finished_at: None,
@@ -221,6 +347,8 @@ mod tests {
             restart_count: 0,
             stopped_by_user: false,
             shim_pid: None,
+            network: None,
+            ports: vec![],
         }
     }
 
@@ -268,6 +396,84 @@ mod tests {
         assert!(s.put(&r).is_err());
         r.id = "G".repeat(64);
         assert!(s.put(&r).is_err());
+    }
+
+    #[test]
+    fn migrates_v1_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        // A v1 database: no networks table, records without the network fields.
+        let mut old = serde_json::to_value(rec(3, ContainerState::Exited)).unwrap();
+        for k in ["network", "ports"] {
+            old.as_object_mut().unwrap().remove(k);
+        }
+        for k in ["network", "publish"] {
+            old["config"].as_object_mut().unwrap().remove(k);
+        }
+        let id = old["id"].as_str().unwrap().to_string();
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", 1)
+                .unwrap();
+            let json = serde_json::to_vec(&old).unwrap();
+            tx.open_table(CONTAINERS)
+                .unwrap()
+                .insert(id.as_str(), json.as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = StateStore::open(&path).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let r = s.get(&id).unwrap().unwrap();
+        assert_eq!(r, rec(3, ContainerState::Exited));
+        assert!(s.list_networks().unwrap().is_empty());
+        drop(s);
+        // Reopening a migrated database is a no-op.
+        assert_eq!(
+            StateStore::open(&path).unwrap().schema_version().unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn networks_round_trip_and_update_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(&dir.path().join("state.redb")).unwrap();
+        let net = NetworkRecord {
+            state: NetworkState::default_network(),
+            created: "2024-01-01T00:00:00Z".into(),
+        };
+        s.put_network(&net).unwrap();
+        let json: serde_json::Value = {
+            let tx = s.db.begin_read().unwrap();
+            let t = tx.open_table(NETWORKS).unwrap();
+            let v = t.get("default").unwrap().unwrap();
+            serde_json::from_slice(v.value()).unwrap()
+        };
+        assert_eq!(json["bridge"], "apex0");
+        assert_eq!(json["ipam"]["subnet"], "10.213.0.0/24");
+        assert_eq!(json["created"], "2024-01-01T00:00:00Z");
+        let a = s
+            .update_network("default", |n| Ok(n.state.ipam.allocate("c1")?))
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.to_string(), "10.213.0.2");
+        // A failing update changes nothing.
+        assert!(s
+            .update_network("default", |n| -> Result<()> {
+                n.state.ipam.allocate("c2")?;
+                anyhow::bail!("no")
+            })
+            .is_err());
+        let got = s.get_network("default").unwrap().unwrap();
+        assert_eq!(got.state.ipam.len(), 1);
+        assert!(s.update_network("nope", |_| Ok(())).unwrap().is_none());
+        assert_eq!(s.list_networks().unwrap(), vec![got]);
+        assert!(s.delete_network("default").unwrap());
+        assert!(!s.delete_network("default").unwrap());
     }
 
     #[test]

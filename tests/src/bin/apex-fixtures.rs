@@ -3,16 +3,22 @@
 //! ```text
 //! apex-fixtures busybox DIR TAG [--compression gzip|zstd|none]   # prints the manifest digest
 //! apex-fixtures multiarch DIR TAG | layered DIR TAG [--docker]  # prints the manifest digest
+//! apex-fixtures net DIR TAG          # busybox + httpd/nslookup + netecho; prints the digest
+//! apex-fixtures net-bench --echo ADDR --sink ADDR [--mib 64] [--rounds 200]
+//!     # throughput into a `netecho sink`, median connect + 1-byte round trip to a
+//!     # `netecho tcp`; prints `throughput_mib_s X` and `connect_rtt_ms Y`
 //! apex-fixtures registry [--basic USER:PASS | --token USER:PASS]
 //!     [--until-signal]
 //!     # prints HOST (127.0.0.1:PORT), serves until stdin closes (unless --until-signal)
 //!     # or SIGTERM/SIGINT
 //! ```
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use apex_e2e::images::{self, Compression};
 use apex_e2e::registry::{Registry, RegistryAuth};
 use clap::{Parser, Subcommand};
@@ -56,6 +62,31 @@ enum Cmd {
         #[arg(long)]
         docker: bool,
     },
+    /// Write the network test image (busybox, more applets, netecho, /www); prints its
+    /// manifest digest.
+    Net {
+        dir: PathBuf,
+        tag: String,
+        /// Layer compression: gzip, zstd or none.
+        #[arg(long, default_value = "gzip")]
+        compression: String,
+    },
+    /// Measure TCP throughput into a `netecho sink` and the median connect + 1-byte round
+    /// trip to a `netecho tcp` echo server.
+    NetBench {
+        /// A `netecho tcp` server.
+        #[arg(long)]
+        echo: SocketAddr,
+        /// A `netecho sink` server.
+        #[arg(long)]
+        sink: SocketAddr,
+        /// MiB to send for the throughput measurement.
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// Connect + round trip samples (after 5 warm-up rounds).
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+    },
     /// Run a registry on 127.0.0.1; prints its HOST and serves until stdin closes or a signal.
     Registry {
         /// Require HTTP basic auth with USER:PASS.
@@ -89,6 +120,25 @@ fn main() -> Result<()> {
         } => {
             let layout = images::from_dir(&root, &dir, &tag, compression.parse::<Compression>()?)?;
             println!("{}", layout.manifest_digest);
+        }
+        Cmd::Net {
+            dir,
+            tag,
+            compression,
+        } => {
+            let layout = images::net(&dir, &tag, compression.parse::<Compression>()?)?;
+            println!("{}", layout.manifest_digest);
+        }
+        Cmd::NetBench {
+            echo,
+            sink,
+            mib,
+            rounds,
+        } => {
+            let throughput = sink_throughput(sink, mib)?;
+            let rtt = connect_rtt_median(echo, rounds)?;
+            println!("throughput_mib_s {throughput:.1}");
+            println!("connect_rtt_ms {:.3}", rtt.as_secs_f64() * 1000.0);
         }
         Cmd::Multiarch { dir, tag } => {
             println!("{}", images::multiarch(&dir, &tag)?.manifest_digest)
@@ -158,4 +208,57 @@ fn wait_for_stop(watch_stdin: bool) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Sends `mib` MiB to a `netecho sink` and waits for its byte count: MiB/s. The count is
+/// announced first, so no half-close is needed.
+fn sink_throughput(addr: SocketAddr, mib: u64) -> Result<f64> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(600)))?;
+    let chunk = vec![0x5au8; 256 << 10];
+    let total = mib << 20;
+    let start = Instant::now();
+    writeln!(s, "{total}")?;
+    let mut sent = 0u64;
+    while sent < total {
+        let n = chunk.len().min((total - sent) as usize);
+        s.write_all(&chunk[..n])?;
+        sent += n as u64;
+    }
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line)?;
+    let elapsed = start.elapsed();
+    let got: u64 = line
+        .trim()
+        .parse()
+        .with_context(|| format!("sink answered {line:?}"))?;
+    if got != total {
+        bail!("sink received {got} of {total} bytes");
+    }
+    Ok(total as f64 / (1 << 20) as f64 / elapsed.as_secs_f64())
+}
+
+/// Median time of connect + write 1 byte + read its echo, over `rounds` fresh connections.
+fn connect_rtt_median(addr: SocketAddr, rounds: usize) -> Result<Duration> {
+    let once = || -> Result<Duration> {
+        let start = Instant::now();
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)
+            .with_context(|| format!("no echo from {addr}"))?;
+        Ok(start.elapsed())
+    };
+    for _ in 0..5 {
+        once()?;
+    }
+    let mut samples = (0..rounds.max(1))
+        .map(|_| once())
+        .collect::<Result<Vec<_>>>()?;
+    samples.sort();
+    Ok(samples[samples.len() / 2])
 }

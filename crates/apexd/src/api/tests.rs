@@ -192,3 +192,109 @@ async fn unknown_route_and_wrong_method_are_json_errors() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(body["message"].is_string(), "{body}");
 }
+
+async fn call_json(
+    app: &Router,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn network_routes_in_user_mode() {
+    let f = fixture();
+    let (status, body) = call(&f.app, "GET", "/v1/networks").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["name"], "default", "{body}");
+    assert_eq!(body[0]["subnet"], "10.213.0.0/24");
+    assert_eq!(body[0]["bridge"], "", "no bridges in user mode");
+    let (status, body) = call_json(
+        &f.app,
+        "POST",
+        "/v1/networks",
+        serde_json::json!({"name": "front"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["subnet"], "10.213.1.0/24");
+    assert_eq!(body["gateway"], "10.213.1.1");
+    assert_eq!(body["internal"], false);
+    for (req, code, needle) in [
+        (
+            serde_json::json!({"name": "front"}),
+            StatusCode::CONFLICT,
+            "already exists",
+        ),
+        (
+            serde_json::json!({"name": "x", "subnet": "10.213.1.128/25"}),
+            StatusCode::CONFLICT,
+            "overlaps network front",
+        ),
+        (
+            serde_json::json!({"name": "none"}),
+            StatusCode::BAD_REQUEST,
+            "reserved",
+        ),
+        (
+            serde_json::json!({"name": "-x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid network name",
+        ),
+        (
+            serde_json::json!({"name": "y", "subnet": "10.9.0.1/24"}),
+            StatusCode::BAD_REQUEST,
+            "did you mean 10.9.0.0/24",
+        ),
+    ] {
+        let (status, body) = call_json(&f.app, "POST", "/v1/networks", req.clone()).await;
+        assert_eq!(status, code, "{req}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().contains(needle),
+            "{req}: {body}"
+        );
+    }
+    let (status, body) = call(&f.app, "GET", "/v1/networks/front").await;
+    assert_eq!((status, &body["name"]), (StatusCode::OK, &"front".into()));
+    let (status, body) = call(&f.app, "GET", "/v1/networks/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["message"], "no such network: nope");
+    let (status, _) = call(&f.app, "DELETE", "/v1/networks/default").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Containers: the network must exist and the ports parse (checked before the image).
+    let (status, body) = call_json(
+        &f.app,
+        "POST",
+        "/v1/containers",
+        serde_json::json!({"image": "busybox", "network": "nosuch"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["message"], "no such network: nosuch");
+    let (status, body) = call_json(
+        &f.app,
+        "POST",
+        "/v1/containers",
+        serde_json::json!({"image": "busybox", "publish": ["8080:80/sctp"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("sctp"), "{body}");
+    let (status, body) = call(&f.app, "POST", "/v1/networks/prune").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!({"deleted": ["front"]}));
+    let (_, body) = call(&f.app, "GET", "/v1/system/status").await;
+    assert_eq!(body["network_mode"], "user");
+    assert_eq!(body["network_reason"], "test");
+    assert_eq!(body["dns"], "");
+}
