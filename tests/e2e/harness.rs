@@ -479,12 +479,19 @@ fn apex_home_runs_with_isolated_env() {
     let home = ApexHome::with_bin("/usr/bin/env");
     let out = home.run(&[]);
     out.assert_ok();
-    let apex_vars: Vec<&str> = out
+    let mut apex_vars: Vec<&str> = out
         .stdout
         .lines()
         .filter(|l| l.starts_with("APEX_"))
         .collect();
-    assert_eq!(apex_vars, [format!("APEX_HOME={}", home.path().display())]);
+    apex_vars.sort();
+    assert_eq!(
+        apex_vars,
+        [
+            format!("APEX_HOME={}", home.path().display()),
+            "APEX_NETWORK_CLEANUP=1".to_string()
+        ]
+    );
     assert!(home.path().is_dir());
 
     let fail = ApexHome::with_bin("/bin/false").run(&["x"]);

@@ -59,7 +59,8 @@ impl ApexHome {
         &self.bin
     }
 
-    /// A command for the binary with `APEX_HOME` set to this home, every other `APEX_*`
+    /// A command for the binary with `APEX_HOME` set to this home (and
+    /// `APEX_NETWORK_CLEANUP=1`, so its daemon removes its bridges and taps on stop), every other `APEX_*`
     /// variable removed, and stdin null.
     pub fn cmd(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
