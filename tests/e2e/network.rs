@@ -22,7 +22,7 @@ use std::time::Duration;
 use apex_e2e::apex::{ApexHome, RunOutput};
 use apex_e2e::env::eventually;
 use apex_e2e::images::NET_INDEX_HTML;
-use apex_e2e::net::NetEnv;
+use apex_e2e::net::net_env;
 use serde_json::Value;
 
 /// Booting a VM under TCG on a loaded 2-core machine.
@@ -708,7 +708,7 @@ fn link_exists(name: &str) -> bool {
 /// stopping `web` frees its host ports and its name, removing it drops it from DNS.
 #[test]
 fn names_published_ports_and_dns() {
-    let e = NetEnv::new();
+    let e = net_env();
     let h = &e.home;
     let mut fp = Footprint::default();
     let (tcp, udp) = free_ports(2, 1);
@@ -972,7 +972,7 @@ fn names_published_ports_and_dns() {
 /// second (a slow CGI script).
 #[test]
 fn published_tcp_port_keeps_half_close() {
-    let e = NetEnv::new();
+    let e = net_env();
     let h = &e.home;
     let mut fp = Footprint::default();
     let (tcp, _) = free_ports(3, 0);
@@ -1061,7 +1061,7 @@ fn published_tcp_port_keeps_half_close() {
 /// default network's gateway, where a container on the default network reaches both.
 #[test]
 fn internal_network_has_no_way_out() {
-    let e = NetEnv::new();
+    let e = net_env();
     let h = &e.home;
     let mut fp = Footprint::default();
     let host = HostHttp::start();
@@ -1140,7 +1140,7 @@ fn internal_network_has_no_way_out() {
 /// though the host reaches both.
 #[test]
 fn networks_are_isolated() {
-    let e = NetEnv::new();
+    let e = net_env();
     let h = &e.home;
     let mut fp = Footprint::default();
     apex_ok(h, &["network", "create", "n1"]);
@@ -1217,7 +1217,7 @@ fn networks_are_isolated() {
 /// `default`.
 #[test]
 fn addresses_are_reused_and_networks_are_managed() {
-    let e = NetEnv::new();
+    let e = net_env();
     let h = &e.home;
     let mut fp = Footprint::default();
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::apex::ApexHome;
-use crate::images::{self, Compression};
+use crate::images::{self, Compression, Layout};
 use crate::registry::{Registry, RegistryAuth};
 use crate::skopeo;
 
@@ -25,11 +25,18 @@ pub struct BusyboxEnv {
 impl BusyboxEnv {
     /// Starts a registry, pushes busybox to it and pulls it into a fresh home.
     pub fn new() -> Self {
+        Self::with_image("busybox", |dir| {
+            images::busybox(dir, "latest", Compression::Gzip)
+        })
+    }
+
+    /// Like [`BusyboxEnv::new`] with the image `build` writes (as `latest`) into the
+    /// directory it is given, pushed as `HOST/<name>:latest`.
+    pub fn with_image(name: &str, build: impl FnOnce(&Path) -> anyhow::Result<Layout>) -> Self {
         let registry = Registry::start(RegistryAuth::None).expect("registry");
         let tmp = tempfile::tempdir().expect("tempdir");
-        let layout = images::busybox(&tmp.path().join("bb"), "latest", Compression::Gzip)
-            .expect("busybox image");
-        let image = format!("{}/busybox:latest", registry.host());
+        let layout = build(&tmp.path().join(name)).expect("test image");
+        let image = format!("{}/{name}:latest", registry.host());
         skopeo::push(&layout, "latest", &image, None).expect("skopeo push");
         let home = ApexHome::new();
         home.run(&["image", "pull", "-q", &image]).assert_ok();

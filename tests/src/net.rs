@@ -3,55 +3,15 @@
 //! server) and an Apex home that has pulled it.
 
 use std::net::{TcpListener, UdpSocket};
-use std::path::Path;
 
-use crate::apex::ApexHome;
 use crate::images::{self, Compression};
-use crate::registry::{Registry, RegistryAuth};
-use crate::skopeo;
 
 /// Registry + net image + home; torn down on drop (the home first).
-pub struct NetEnv {
-    /// The home (drops first: containers, daemon and its network state go before the
-    /// registry).
-    pub home: ApexHome,
-    /// `HOST/net:latest`.
-    pub image: String,
-    /// Scratch space for the test.
-    pub tmp: tempfile::TempDir,
-    /// The registry.
-    pub registry: Registry,
-}
+pub type NetEnv = crate::env::BusyboxEnv;
 
-impl NetEnv {
-    /// Starts a registry, builds and pushes the net image, pulls it into a fresh home.
-    pub fn new() -> Self {
-        let registry = Registry::start(RegistryAuth::None).expect("registry");
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let layout =
-            images::net(&tmp.path().join("net"), "latest", Compression::Gzip).expect("net image");
-        let image = format!("{}/net:latest", registry.host());
-        skopeo::push(&layout, "latest", &image, None).expect("skopeo push");
-        let home = ApexHome::new();
-        home.run(&["image", "pull", "-q", &image]).assert_ok();
-        NetEnv {
-            home,
-            image,
-            tmp,
-            registry,
-        }
-    }
-
-    /// The home's path.
-    pub fn path(&self) -> &Path {
-        self.home.path()
-    }
-}
-
-impl Default for NetEnv {
-    fn default() -> Self {
-        Self::new()
-    }
+/// A [`NetEnv`] holding the [`images::net`] image.
+pub fn net_env() -> NetEnv {
+    NetEnv::with_image("net", |dir| images::net(dir, "latest", Compression::Gzip))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).

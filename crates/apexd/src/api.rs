@@ -471,6 +471,19 @@ async fn shutdown(State(s): State<AppState>) -> (StatusCode, Json<Message>) {
     (StatusCode::ACCEPTED, Json(body))
 }
 
+/// A streamed `application/x-ndjson` answer: each chunk received from `rx` as it comes.
+fn ndjson(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("valid response")
+}
+
 /// Runs blocking file or database work off the async workers.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,

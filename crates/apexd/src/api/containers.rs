@@ -1,6 +1,5 @@
 //! Container routes (see [`crate::model`] for the list and the JSON types).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use apex_shim::logfile::{self, LogEntry};
@@ -235,13 +234,7 @@ pub(super) async fn logs(
             }
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .expect("valid response"))
+    Ok(super::ndjson(rx))
 }
 
 async fn send_entries(

@@ -4,15 +4,13 @@
 //! image lands for the next user), and a daemon killed mid-pull leaves only resumable
 //! partial blobs in the content store's ingest area.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use apex_oci::platform::Platform;
 use apex_oci::registry::{ConnectOptions, Scheme};
 use apex_oci::store::{Progress, PullOptions};
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use bytes::Bytes;
@@ -72,7 +70,9 @@ pub(super) async fn pull(
         .transpose()
         .map_err(bad)?
         .unwrap_or_default();
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    // Progress events are dropped rather than queued without bound when the client reads
+    // slowly; the final line is always delivered.
+    let (tx, rx) = mpsc::channel::<Bytes>(1024);
     let progress_tx = tx.clone();
     let opts = PullOptions {
         platform,
@@ -81,7 +81,7 @@ pub(super) async fn pull(
             insecure_registries: req.insecure_registries.clone(),
         },
         progress: Some(Arc::new(move |p| {
-            let _ = progress_tx.send(line(&event(p)));
+            let _ = progress_tx.try_send(line(&event(p)));
         })),
         no_unpack: false,
     };
@@ -109,13 +109,7 @@ pub(super) async fn pull(
                 }
             }
         };
-        let _ = tx.send(line(&last));
+        let _ = tx.send(line(&last)).await;
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    });
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .expect("valid response"))
+    Ok(super::ndjson(rx))
 }
