@@ -23,12 +23,7 @@ fn inspect(home: &ApexHome, c: &str) -> Value {
 }
 
 fn pid_alive(pid: i32) -> bool {
-    rustix::process::Pid::from_raw(pid)
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
+    apex_e2e::apex::pid_alive(pid as u32)
 }
 
 fn kill9(pid: i32) {

@@ -204,16 +204,7 @@ pub fn tail(path: &Path, n: usize) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Whether `pid` is a live (not zombie) process.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => false,
-    }
-}
+pub use apex_shim::bundle::pid_alive;
 
 #[cfg(test)]
 mod tests {

@@ -138,15 +138,23 @@ impl Bundle {
 
     /// The shim's pid if its pid file names a live process.
     pub fn live_shim_pid(&self) -> Option<u32> {
-        let pid: i32 = std::fs::read_to_string(self.pid_file())
+        let pid: u32 = std::fs::read_to_string(self.pid_file())
             .ok()?
             .trim()
             .parse()
             .ok()?;
-        let p = rustix::process::Pid::from_raw(pid)?;
-        rustix::process::test_kill_process(p).ok()?;
-        Some(pid as u32)
+        pid_alive(pid).then_some(pid)
     }
+}
+
+/// Whether `pid` is a live process (zombies and dead ones are not), from
+/// `/proc/<pid>/stat`.
+pub fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 /// Writes `data` to a temp file, fsyncs it and renames it over `path`.

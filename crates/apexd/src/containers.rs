@@ -880,32 +880,16 @@ fn kill_pid(pid: u32) {
     }
 }
 
-/// Waits until `pid` no longer exists; whether it went within `timeout`.
+/// Waits until `pid` no longer exists (or is a zombie); whether it went within `timeout`.
 async fn wait_pid_gone(pid: u32, timeout: Duration) -> bool {
-    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
-        return true;
-    };
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let alive = rustix::process::test_kill_process(p).is_ok() && !is_zombie(pid);
-        if !alive {
-            return true;
-        }
+    while apex_shim::bundle::pid_alive(pid) {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
+    true
 }
 
 /// The `ls` row of a record.
@@ -984,41 +968,9 @@ mod tests {
     }
 
     fn record(id: &str, name: &str) -> ContainerRecord {
-        ContainerRecord {
-            id: id.into(),
-            name: name.into(),
-            image: "busybox".into(),
-            created: now(),
-            state: ContainerState::Exited,
-            config: ContainerConfig {
-                process: apex_runtime::spec::ProcessSpec {
-                    args: vec!["true".into()],
-                    env: vec![],
-                    cwd: "/".into(),
-                    user: "0".into(),
-                    terminal: false,
-                },
-                stdin_open: false,
-                cpus: 1,
-                memory_mib: 128,
-                boot_timeout_s: 60,
-                restart: RestartPolicy::No,
-                auto_remove: false,
-                rootfs: "/x".into(),
-                image_id: "sha256:0".into(),
-                network: None,
-                publish: vec![],
-            },
-            started_at: None,
-            finished_at: None,
-            exit_code: Some(1),
-            exit_reason: None,
-            restart_count: 0,
-            stopped_by_user: false,
-            shim_pid: None,
-            network: None,
-            ports: vec![],
-        }
+        let mut r = crate::store::test_record(id, name, ContainerState::Exited);
+        r.exit_code = Some(1);
+        r
     }
 
     #[test]

@@ -310,46 +310,52 @@ fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
     Ok(())
 }
 
+/// A container record for unit tests.
+#[cfg(test)]
+pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> ContainerRecord {
+    ContainerRecord {
+        id: id.into(),
+        name: name.into(),
+        image: "busybox:latest".into(),
+        created: "2024-01-01T00:00:00Z".into(),
+        state,
+        config: ContainerConfig {
+            process: ProcessSpec {
+                args: vec!["true".into()],
+                env: vec![],
+                cwd: "/".into(),
+                user: "0".into(),
+                terminal: false,
+            },
+            stdin_open: false,
+            cpus: 1,
+            memory_mib: 256,
+            boot_timeout_s: 60,
+            restart: RestartPolicy::No,
+            auto_remove: false,
+            rootfs: "/x.erofs".into(),
+            image_id: "sha256:00".into(),
+            network: None,
+            publish: vec![],
+        },
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        exit_reason: None,
+        restart_count: 0,
+        stopped_by_user: false,
+        shim_pid: None,
+        network: None,
+        ports: vec![],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rec(n: u8, state: ContainerState) -> ContainerRecord {
-        ContainerRecord {
-            id: format!("{:02x}", n).repeat(32),
-            name: format!("c{n}"),
-            image: "busybox:latest".into(),
-            created: "2024-01-01T00:00:00Z".into(),
-            state,
-            config: ContainerConfig {
-                process: ProcessSpec {
-                    args: vec!["true".into()],
-                    env: vec![],
-                    cwd: "/".into(),
-                    user: "0".into(),
-                    terminal: false,
-                },
-                stdin_open: false,
-                cpus: 1,
-                memory_mib: 256,
-                boot_timeout_s: 60,
-                restart: RestartPolicy::No,
-                auto_remove: false,
-                rootfs: "/x.erofs".into(),
-                image_id: "sha256:00".into(),
-                network: None,
-                publish: vec![],
-            },
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            exit_reason: None,
-            restart_count: 0,
-            stopped_by_user: false,
-            shim_pid: None,
-            network: None,
-            ports: vec![],
-        }
+        test_record(&format!("{:02x}", n).repeat(32), &format!("c{n}"), state)
     }
 
     #[test]
