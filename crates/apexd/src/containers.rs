@@ -17,11 +17,10 @@ use apex_runtime::spec::{self, ImageProcessConfig, RunOverrides};
 use apex_shim::bundle::{Bundle, ShimConfig};
 use apex_shim::proto::{self, ExecSpec, Request, ShimError, Stats};
 use apex_shim::stream::Exit;
-use axum::http::StatusCode;
 use tokio::net::UnixStream;
 use tokio::sync::broadcast;
 
-use crate::api::ApiError;
+use crate::error::{Error, ErrorKind};
 use crate::model::{
     ContainerSummary, CreateRequest, Created, ExecRequest, RestartPolicy, WaitResult,
 };
@@ -46,12 +45,12 @@ pub struct Containers {
     changed: broadcast::Sender<String>,
 }
 
-fn not_found(what: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no such container: {what}"))
+fn not_found(what: &str) -> Error {
+    Error::new(ErrorKind::NotFound, format!("no such container: {what}"))
 }
 
-fn conflict(msg: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, msg)
+fn conflict(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::Conflict, msg)
 }
 
 fn now() -> String {
@@ -150,10 +149,10 @@ impl Containers {
             .clone()
     }
 
-    fn put(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+    fn put(&self, rec: &ContainerRecord) -> Result<(), Error> {
         self.store.put(rec).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+            Error::new(
+                ErrorKind::Internal,
                 format!("cannot save container state: {e:#}"),
             )
         })?;
@@ -162,7 +161,7 @@ impl Containers {
     }
 
     /// Finds a container by full id, name, or unique id prefix.
-    pub fn resolve(&self, what: &str) -> Result<ContainerRecord, ApiError> {
+    pub fn resolve(&self, what: &str) -> Result<ContainerRecord, Error> {
         if what.is_empty() {
             return Err(not_found(what));
         }
@@ -177,15 +176,15 @@ impl Containers {
         match hits.len() {
             0 => Err(not_found(what)),
             1 => Ok(hits.into_iter().next().expect("one")),
-            n => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
+            n => Err(Error::new(
+                ErrorKind::BadRequest,
                 format!("{what:?} matches {n} containers: give more of the id"),
             )),
         }
     }
 
     /// `GET /v1/containers`.
-    pub fn list(&self, all: bool) -> Result<Vec<ContainerSummary>, ApiError> {
+    pub fn list(&self, all: bool) -> Result<Vec<ContainerSummary>, Error> {
         let mut recs = self.store.list()?;
         recs.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(recs
@@ -201,11 +200,11 @@ impl Containers {
     }
 
     /// `POST /v1/containers`.
-    pub async fn create(&self, req: CreateRequest) -> Result<Created, ApiError> {
+    pub async fn create(&self, req: CreateRequest) -> Result<Created, Error> {
         if let Some(n) = &req.name {
             if !valid_name(n) {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
+                return Err(Error::new(
+                    ErrorKind::BadRequest,
                     format!("invalid container name {n:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"),
                 ));
             }
@@ -219,7 +218,7 @@ impl Containers {
         networks::parse_publish(&req.publish)?;
         let home = self.home.clone();
         let image = req.image.clone();
-        let (rec, image_cfg) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let (rec, image_cfg) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
             let store = apex_oci::ImageStore::open(&home)?;
             let rec = match store.resolve(&image) {
                 Ok((rec, _)) => rec,
@@ -227,8 +226,8 @@ impl Containers {
                     if e.downcast_ref::<apex_oci::ImageError>()
                         .is_some_and(|e| matches!(e, apex_oci::ImageError::NotFoundLocally(_))) =>
                 {
-                    return Err(ApiError::new(
-                        StatusCode::NOT_FOUND,
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
                         format!("no such image: {image}"),
                     ))
                 }
@@ -270,7 +269,7 @@ impl Containers {
             hostname: Some(name.clone()),
         };
         let process = spec::resolve(&image_cfg, &overrides, |_| None)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("{e:#}")))?;
+            .map_err(|e| Error::new(ErrorKind::BadRequest, format!("{e:#}")))?;
         let rec = ContainerRecord {
             id: id.clone(),
             name: name.clone(),
@@ -313,7 +312,7 @@ impl Containers {
         self: &Arc<Self>,
         what: &str,
         wait_attach: bool,
-    ) -> Result<ContainerRecord, ApiError> {
+    ) -> Result<ContainerRecord, Error> {
         let id = self.resolve(what)?.id;
         let lock = self.lock_of(&id);
         let _g = lock.lock().await;
@@ -326,7 +325,7 @@ impl Containers {
         self: &Arc<Self>,
         mut rec: ContainerRecord,
         wait_attach: bool,
-    ) -> Result<ContainerRecord, ApiError> {
+    ) -> Result<ContainerRecord, Error> {
         if rec.state == ContainerState::Running {
             return Ok(rec);
         }
@@ -365,8 +364,8 @@ impl Containers {
         };
         let spawned = async {
             bundle.write_config(&cfg).map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                Error::new(
+                    ErrorKind::Internal,
                     format!("cannot write the container config: {e:#}"),
                 )
             })?;
@@ -405,8 +404,8 @@ impl Containers {
                     .error
                     .or(exit.reason)
                     .unwrap_or_else(|| format!("exited at once with code {}", exit.exit_code));
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                return Err(Error::new(
+                    ErrorKind::Internal,
                     format!("container {} failed to start: {msg}", rec.name),
                 ));
             }
@@ -415,7 +414,7 @@ impl Containers {
     }
 
     /// Spawns the shim in its own session (it outlives apexd) and waits for its socket.
-    async fn spawn_shim(&self, bundle: &Bundle) -> Result<u32, ApiError> {
+    async fn spawn_shim(&self, bundle: &Bundle) -> Result<u32, Error> {
         let bin = shim_bin()?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -447,8 +446,8 @@ impl Containers {
             if let Ok(Some(st)) = child.try_wait() {
                 let log = std::fs::read_to_string(bundle.shim_log()).unwrap_or_default();
                 let tail: Vec<_> = log.lines().rev().take(5).collect();
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                return Err(Error::new(
+                    ErrorKind::Internal,
                     format!(
                         "the container helper exited at start ({st}): {}",
                         tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
@@ -460,8 +459,8 @@ impl Containers {
             }
             if tokio::time::Instant::now() >= deadline {
                 let _ = child.start_kill();
-                return Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
+                return Err(Error::new(
+                    ErrorKind::Internal,
                     format!("the container helper did not answer within {SHIM_READY:?}"),
                 ));
             }
@@ -563,7 +562,7 @@ impl Containers {
     }
 
     /// `POST .../stop`: SIGTERM, then SIGKILL after `timeout_s`.
-    pub async fn stop(&self, what: &str, timeout_s: u64) -> Result<ContainerRecord, ApiError> {
+    pub async fn stop(&self, what: &str, timeout_s: u64) -> Result<ContainerRecord, Error> {
         let id = self.resolve(what)?.id;
         let lock = self.lock_of(&id);
         let _g = lock.lock().await;
@@ -602,7 +601,7 @@ impl Containers {
     }
 
     /// `POST .../kill`.
-    pub async fn kill(&self, what: &str, signal: i32) -> Result<(), ApiError> {
+    pub async fn kill(&self, what: &str, signal: i32) -> Result<(), Error> {
         let id = self.resolve(what)?.id;
         let lock = self.lock_of(&id);
         let _g = lock.lock().await;
@@ -618,7 +617,7 @@ impl Containers {
     }
 
     /// `DELETE /v1/containers/{id}`.
-    pub async fn remove(&self, what: &str, force: bool) -> Result<(), ApiError> {
+    pub async fn remove(&self, what: &str, force: bool) -> Result<(), Error> {
         let rec = self.resolve(what)?;
         let lock = self.lock_of(&rec.id);
         let _g = lock.lock().await;
@@ -642,14 +641,14 @@ impl Containers {
         self.remove_record(&rec).await
     }
 
-    async fn remove_locked_free(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+    async fn remove_locked_free(&self, rec: &ContainerRecord) -> Result<(), Error> {
         let lock = self.lock_of(&rec.id);
         let _g = lock.lock().await;
         self.remove_record(rec).await
     }
 
     /// Deletes the record and bundle; the container's ports, tap and address go too.
-    async fn remove_record(&self, rec: &ContainerRecord) -> Result<(), ApiError> {
+    async fn remove_record(&self, rec: &ContainerRecord) -> Result<(), Error> {
         let id = rec.id.as_str();
         self.networks.release(rec).await;
         self.store.delete(id)?;
@@ -661,7 +660,7 @@ impl Containers {
     }
 
     /// `POST /v1/containers/prune`: removes every exited or created container.
-    pub async fn prune(&self) -> Result<Vec<String>, ApiError> {
+    pub async fn prune(&self) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
         for r in self.store.list()? {
             if matches!(r.state, ContainerState::Exited | ContainerState::Created)
@@ -674,7 +673,7 @@ impl Containers {
     }
 
     /// `GET .../wait`: blocks until the container is not running.
-    pub async fn wait(&self, what: &str) -> Result<WaitResult, ApiError> {
+    pub async fn wait(&self, what: &str) -> Result<WaitResult, Error> {
         let id = self.resolve(what)?.id;
         let mut rx = self.changed.subscribe();
         loop {
@@ -693,7 +692,7 @@ impl Containers {
     }
 
     /// `GET .../stats`.
-    pub async fn stats(&self, what: &str) -> Result<Stats, ApiError> {
+    pub async fn stats(&self, what: &str) -> Result<Stats, Error> {
         let rec = self.resolve(what)?;
         if rec.state != ContainerState::Running {
             return Err(conflict(format!("container {} is not running", rec.name)));
@@ -704,7 +703,7 @@ impl Containers {
     }
 
     /// Connects to a running container's shim for an attach.
-    pub async fn attach_stream(&self, id: &str, stdin: bool) -> Result<UnixStream, ApiError> {
+    pub async fn attach_stream(&self, id: &str, stdin: bool) -> Result<UnixStream, Error> {
         let sock = self.bundle(id).socket();
         let (_, s) = proto::call(&sock, &Request::Attach { stdin })
             .await
@@ -713,16 +712,13 @@ impl Containers {
     }
 
     /// `POST .../exec`: registers an exec; it runs on `POST /v1/exec/{id}/start`.
-    pub fn exec_create(&self, what: &str, req: ExecRequest) -> Result<Created, ApiError> {
+    pub fn exec_create(&self, what: &str, req: ExecRequest) -> Result<Created, Error> {
         let rec = self.resolve(what)?;
         if rec.state != ContainerState::Running {
             return Err(conflict(format!("container {} is not running", rec.name)));
         }
         if req.command.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "exec needs a command",
-            ));
+            return Err(Error::new(ErrorKind::BadRequest, "exec needs a command"));
         }
         let id = random_hex(32);
         let spec = ExecSpec {
@@ -744,15 +740,13 @@ impl Containers {
     }
 
     /// Starts a registered exec; the returned stream carries its frames.
-    pub async fn exec_start(&self, exec_id: &str) -> Result<UnixStream, ApiError> {
+    pub async fn exec_start(&self, exec_id: &str) -> Result<UnixStream, Error> {
         let (cid, spec) = self
             .execs
             .lock()
             .expect("execs")
             .remove(exec_id)
-            .ok_or_else(|| {
-                ApiError::new(StatusCode::NOT_FOUND, format!("no such exec: {exec_id}"))
-            })?;
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no such exec: {exec_id}")))?;
         let sock = self.bundle(&cid).socket();
         let (_, s) = proto::call(&sock, &Request::Exec(spec))
             .await
@@ -863,14 +857,11 @@ fn should_restart(rec: &ContainerRecord) -> bool {
     }
 }
 
-fn shim_err(e: ShimError) -> ApiError {
+fn shim_err(e: ShimError) -> Error {
     match e {
         ShimError::Gone(_) => conflict("container is not running (its helper is gone)"),
         ShimError::Refused(m) => conflict(m),
-        ShimError::Io(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("container helper: {e}"),
-        ),
+        ShimError::Io(e) => Error::new(ErrorKind::Internal, format!("container helper: {e}")),
     }
 }
 
@@ -1009,10 +1000,10 @@ mod tests {
         assert_eq!(c.resolve("db").unwrap().id, b.id);
         assert_eq!(c.resolve("ab1").unwrap().name, "web");
         let amb = c.resolve("a").unwrap_err();
-        assert_eq!(amb.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(amb.kind(), ErrorKind::BadRequest);
         assert!(amb.message().contains("matches 2"), "{}", amb.message());
-        assert_eq!(c.resolve("zz").unwrap_err().status(), StatusCode::NOT_FOUND);
-        assert_eq!(c.resolve("").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(c.resolve("zz").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(c.resolve("").unwrap_err().kind(), ErrorKind::NotFound);
         let l = c.list(true).unwrap();
         assert_eq!(l.len(), 2);
         assert!(

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod client;
 pub mod containers;
+pub mod error;
 pub mod info;
 pub mod logging;
 pub mod model;

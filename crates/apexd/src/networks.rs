@@ -29,10 +29,9 @@ use apex_net::netlink::{InfoKind, Netlink};
 use apex_runtime::sandbox::{forward_at, Proto};
 use apex_shim::proto::{self, Request};
 use apex_vm::{Nic, NicBackend};
-use axum::http::StatusCode;
 use ipnet::Ipv4Net;
 
-use crate::api::ApiError;
+use crate::error::{Error, ErrorKind};
 use crate::model::{NetworkCreate, NetworkEndpoint, NetworkInfo};
 use crate::store::{Attachment, ContainerRecord, NetworkRecord, StateStore};
 
@@ -96,12 +95,12 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn err(status: StatusCode, msg: impl Into<String>) -> ApiError {
-    ApiError::new(status, msg)
+fn err(status: ErrorKind, msg: impl Into<String>) -> Error {
+    Error::new(status, msg)
 }
 
-fn no_such_network(name: &str) -> ApiError {
-    err(StatusCode::NOT_FOUND, format!("no such network: {name}"))
+fn no_such_network(name: &str) -> Error {
+    err(ErrorKind::NotFound, format!("no such network: {name}"))
 }
 
 /// The network a container record asks for (`None` means the default network).
@@ -198,19 +197,19 @@ pub fn guest_network(g: &GuestNet) -> api::SetNetwork {
 }
 
 /// Parses `-p` specs (400 naming the bad one; also for the same host port twice).
-pub fn parse_publish(specs: &[String]) -> Result<Vec<PortSpec>, ApiError> {
+pub fn parse_publish(specs: &[String]) -> Result<Vec<PortSpec>, Error> {
     let mut out: Vec<PortSpec> = Vec::new();
     for s in specs {
         let p: PortSpec = s
             .parse()
-            .map_err(|e: apex_net::Error| err(StatusCode::BAD_REQUEST, e.to_string()))?;
+            .map_err(|e: apex_net::Error| err(ErrorKind::BadRequest, e.to_string()))?;
         if p.host_port != 0
             && out.iter().any(|o| {
                 o.protocol == p.protocol && o.host_port == p.host_port && o.host_ip == p.host_ip
             })
         {
             return Err(err(
-                StatusCode::BAD_REQUEST,
+                ErrorKind::BadRequest,
                 format!(
                     "port {}:{}/{} is published twice",
                     p.host_ip, p.host_port, p.protocol
@@ -646,7 +645,7 @@ impl Networks {
     }
 
     /// `GET /v1/networks`.
-    pub fn list(&self) -> Result<Vec<NetworkInfo>, ApiError> {
+    pub fn list(&self) -> Result<Vec<NetworkInfo>, Error> {
         let containers = self.store.list()?;
         Ok(self
             .store
@@ -657,7 +656,7 @@ impl Networks {
     }
 
     /// `GET /v1/networks/{id}`.
-    pub fn inspect(&self, name: &str) -> Result<NetworkInfo, ApiError> {
+    pub fn inspect(&self, name: &str) -> Result<NetworkInfo, Error> {
         let rec = self
             .store
             .get_network(name)?
@@ -666,7 +665,7 @@ impl Networks {
     }
 
     /// Checks that a container may join `network` (`none` always may).
-    pub fn check_exists(&self, network: &str) -> Result<(), ApiError> {
+    pub fn check_exists(&self, network: &str) -> Result<(), Error> {
         if network == NONE || self.store.get_network(network)?.is_some() {
             Ok(())
         } else {
@@ -675,17 +674,17 @@ impl Networks {
     }
 
     /// `POST /v1/networks`.
-    pub async fn create(&self, req: NetworkCreate) -> Result<NetworkInfo, ApiError> {
+    pub async fn create(&self, req: NetworkCreate) -> Result<NetworkInfo, Error> {
         let name = req.name.trim().to_string();
         if !crate::containers::valid_name(&name) {
             return Err(err(
-                StatusCode::BAD_REQUEST,
+                ErrorKind::BadRequest,
                 format!("invalid network name {name:?}: use letters, digits, '_', '.' and '-', starting with a letter or digit"),
             ));
         }
         if name == NONE {
             return Err(err(
-                StatusCode::BAD_REQUEST,
+                ErrorKind::BadRequest,
                 "\"none\" is reserved (it means no network)",
             ));
         }
@@ -694,12 +693,12 @@ impl Networks {
             .as_deref()
             .map(str::parse::<Subnet>)
             .transpose()
-            .map_err(|e| err(StatusCode::BAD_REQUEST, e.to_string()))?;
+            .map_err(|e| err(ErrorKind::BadRequest, e.to_string()))?;
         let _ops = self.ops.lock().await;
         let existing = self.store.list_networks()?;
         if existing.iter().any(|n| n.state.name == name) {
             return Err(err(
-                StatusCode::CONFLICT,
+                ErrorKind::Conflict,
                 format!("network {name} already exists"),
             ));
         }
@@ -710,7 +709,7 @@ impl Networks {
                 .find(|n| s.overlaps(&n.state.subnet().net()))
             {
                 return Err(err(
-                    StatusCode::CONFLICT,
+                    ErrorKind::Conflict,
                     format!(
                         "subnet {s} overlaps network {} ({})",
                         o.state.name,
@@ -731,7 +730,7 @@ impl Networks {
             Some(s) => {
                 if let Some(h) = host.iter().find(|h| h.prefix_len() > 0 && s.overlaps(h)) {
                     return Err(err(
-                        StatusCode::CONFLICT,
+                        ErrorKind::Conflict,
                         format!("subnet {s} overlaps {h}, in use on this host"),
                     ));
                 }
@@ -740,7 +739,7 @@ impl Networks {
             None => {
                 let in_use: Vec<Ipv4Net> = host.iter().chain(&ours).copied().collect();
                 ipam::pick_subnet(ipam::DEFAULT_POOL, ipam::DEFAULT_PREFIX_LEN, &in_use)
-                    .map_err(|e| err(StatusCode::CONFLICT, e.to_string()))?
+                    .map_err(|e| err(ErrorKind::Conflict, e.to_string()))?
             }
         };
         let bridge = format!("{}{}", bridge::BRIDGE_PREFIX, random_hex(9));
@@ -780,10 +779,10 @@ impl Networks {
     }
 
     /// `DELETE /v1/networks/{id}`.
-    pub async fn remove(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn remove(&self, name: &str) -> Result<(), Error> {
         if name == ipam::DEFAULT_NETWORK {
             return Err(err(
-                StatusCode::FORBIDDEN,
+                ErrorKind::Forbidden,
                 "the default network cannot be removed",
             ));
         }
@@ -795,7 +794,7 @@ impl Networks {
         let users = self.users(name)?;
         if !users.is_empty() {
             return Err(err(
-                StatusCode::CONFLICT,
+                ErrorKind::Conflict,
                 format!(
                     "network {name} is in use by container(s) {}: remove them first",
                     users.join(", ")
@@ -835,7 +834,7 @@ impl Networks {
     }
 
     /// `POST /v1/networks/prune`: removes the networks no container uses.
-    pub async fn prune(&self) -> Result<Vec<String>, ApiError> {
+    pub async fn prune(&self) -> Result<Vec<String>, Error> {
         let mut out = Vec::new();
         for n in self.store.list_networks()? {
             let name = n.state.name;
@@ -856,7 +855,7 @@ impl Networks {
         id: &str,
         specs: &[PortSpec],
         shim_sock: &Path,
-    ) -> Result<Vec<PortSpec>, ApiError> {
+    ) -> Result<Vec<PortSpec>, Error> {
         self.unpublish(id).await;
         if specs.is_empty() {
             return Ok(vec![]);
@@ -871,18 +870,18 @@ impl Networks {
                         f.close().await;
                     }
                     let status = match e {
-                        apex_net::Error::PortInUse { .. } => StatusCode::CONFLICT,
+                        apex_net::Error::PortInUse { .. } => ErrorKind::Conflict,
                         apex_net::Error::Io { ref source, .. }
                             if source.kind() == io::ErrorKind::AddrNotAvailable =>
                         {
-                            StatusCode::BAD_REQUEST
+                            ErrorKind::BadRequest
                         }
                         apex_net::Error::Io { ref source, .. }
                             if source.kind() == io::ErrorKind::PermissionDenied =>
                         {
-                            StatusCode::FORBIDDEN
+                            ErrorKind::Forbidden
                         }
-                        _ => StatusCode::INTERNAL_SERVER_ERROR,
+                        _ => ErrorKind::Internal,
                     };
                     return Err(err(status, e.to_string()));
                 }
@@ -910,7 +909,7 @@ impl Networks {
 
     /// Allocates the container's address (kept until it is removed) and creates its tap;
     /// `None` for `--network none`.
-    pub async fn attach(&self, rec: &ContainerRecord) -> Result<Option<Prepared>, ApiError> {
+    pub async fn attach(&self, rec: &ContainerRecord) -> Result<Option<Prepared>, Error> {
         let name = network_of(rec.config.network.as_deref());
         if name == NONE {
             return Ok(None);
@@ -921,7 +920,7 @@ impl Networks {
             .ok_or_else(|| no_such_network(name))?;
         if let Some(why) = self.unavailable.lock().expect("unavailable").get(name) {
             return Err(err(
-                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Unavailable,
                 format!("network {name} is unavailable: {why}"),
             ));
         }
@@ -1302,12 +1301,12 @@ mod tests {
             ("8080:0", "container port must be 1-65535"),
         ] {
             let e = parse_publish(&[bad.into()]).unwrap_err();
-            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(e.kind(), ErrorKind::BadRequest, "{bad}");
             assert!(e.message().contains(needle), "{bad}: {}", e.message());
             assert!(e.message().contains(bad), "{bad}: {}", e.message());
         }
         let dup = parse_publish(&["8080:80".into(), "8080:81".into()]).unwrap_err();
-        assert_eq!(dup.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(dup.kind(), ErrorKind::BadRequest);
         assert!(
             dup.message().contains("published twice"),
             "{}",
