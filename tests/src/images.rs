@@ -546,6 +546,37 @@ pub fn busybox(dir: &Path, tag: &str, compression: Compression) -> Result<Layout
     w.single(image, tag)
 }
 
+/// Content of `/data/seed` in the [`volumes`] image.
+pub const VOLUMES_SEED: &str = "seeded by the image\n";
+/// Content of `/srv/content` in the [`volumes`] image.
+pub const VOLUMES_CONTENT: &str = "image content\n";
+
+/// The busybox image plus a layer with `/data` (uid/gid 1000, mode 0750) holding `seed`
+/// (1000:1000, 0640, [`VOLUMES_SEED`]) and `/srv/content` (0644, [`VOLUMES_CONTENT`]),
+/// and `VOLUME /data` in its config.
+pub fn volumes(dir: &Path, tag: &str, compression: Compression) -> Result<Layout> {
+    let mut t = TarBuf::new();
+    t.raw(EntryType::Directory, "data/", "", 0o750, 1000, 1000, &[])?;
+    t.raw(
+        EntryType::Regular,
+        "data/seed",
+        "",
+        0o640,
+        1000,
+        1000,
+        VOLUMES_SEED.as_bytes(),
+    )?;
+    t.dir("srv/", 0o755)?;
+    t.file("srv/content", 0o644, VOLUMES_CONTENT.as_bytes())?;
+    let w = Writer::new(dir)?;
+    let layers = [(busybox_tar()?, compression), (t.finish()?, compression)];
+    let image = w.image("amd64", &layers, Flavor::Oci)?;
+    let layout = w.single(image, tag)?;
+    with_config(&layout, |c| {
+        c["config"]["Volumes"] = json!({"/data": {}});
+    })
+}
+
 /// Applets the [`net`] image links in addition to [`BUSYBOX_APPLETS`].
 pub const NET_APPLETS: &[&str] = &[
     "httpd", "nslookup", "timeout", "ping", "sed", "awk", "netstat", "route", "cp", "rm",

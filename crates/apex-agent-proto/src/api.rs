@@ -50,6 +50,10 @@ pub enum Call {
     /// routes are added with replace semantics, so repeating a call is harmless.
     /// Result: [`Ack`].
     SetNetwork(SetNetwork),
+    /// Mounts shares and tmpfs at container paths (resolved inside the container root as
+    /// in a chroot, missing directories created), in order, then makes the root read-only
+    /// if asked. Result: [`Ack`]; `OS_ERROR` naming the mount that failed.
+    SetupMounts(SetupMounts),
     /// Prepares a process and connects its stdio streams, but does not exec it yet.
     /// Result: [`Ack`]; `PROCESS_START_FAILED` / `ALREADY_EXISTS` on failure.
     CreateProcess(ProcessSpec),
@@ -85,6 +89,7 @@ impl Call {
         "mkdir",
         "write_file",
         "set_network",
+        "setup_mounts",
         "create_process",
         "start_process",
         "wait_process",
@@ -106,6 +111,7 @@ impl Call {
             Call::Mkdir(_) => "mkdir",
             Call::WriteFile(_) => "write_file",
             Call::SetNetwork(_) => "set_network",
+            Call::SetupMounts(_) => "setup_mounts",
             Call::CreateProcess(_) => "create_process",
             Call::StartProcess(_) => "start_process",
             Call::WaitProcess(_) => "wait_process",
@@ -342,6 +348,116 @@ pub struct HostEntry {
     pub names: Vec<String>,
 }
 
+/// Params of [`Call::SetupMounts`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SetupMounts {
+    /// Mounts, applied in order (a parent before what is mounted inside it).
+    #[serde(default)]
+    pub mounts: Vec<ContainerMount>,
+    /// Remount the container root read-only once everything is mounted (`--read-only`).
+    #[serde(default)]
+    pub read_only_root: bool,
+}
+
+/// One mount in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerMount {
+    /// Absolute path in the container. Symlinks are resolved inside the container root;
+    /// missing directories are created (a missing file for a file share).
+    pub target: String,
+    /// What is mounted.
+    pub source: MountSource,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// When the mounted directory is empty, copy in what the container root has at
+    /// `target`, with its ownership and modes (Docker's volume population).
+    #[serde(default)]
+    pub populate: bool,
+}
+
+/// The source of a [`ContainerMount`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MountSource {
+    /// A virtio-fs device with this tag. With `file`, the share is a directory holding
+    /// just that file, and the file alone is bound at the target.
+    Virtiofs {
+        /// The device tag.
+        tag: String,
+        /// Name of the single file the share holds, for a file bind.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+    },
+    /// A tmpfs (always `nosuid,nodev`).
+    Tmpfs {
+        /// Size limit in bytes (default: the kernel's, half of RAM).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_bytes: Option<u64>,
+        /// Permission bits of its root (default 1777).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// Also `noexec`.
+        #[serde(default)]
+        noexec: bool,
+    },
+}
+
+/// The agent's built-in tools, run as processes with [`ProcessSpec::agent_tool`] (chrooted
+/// in the container root, as root), and their exit codes. Errors go to stderr.
+pub mod tools {
+    /// `archive-get PATH`: writes one JSON line with the [`PathStat`](super::PathStat) of
+    /// `PATH` (not following a final symlink), then a tar of it whose top entry is named
+    /// after its last component (`.` for a path ending in `/.` or for `/`).
+    pub const ARCHIVE_GET: &str = "archive-get";
+    /// `archive-put [--owner] [--no-overwrite-dir-non-dir] DIR`: extracts the tar read
+    /// from stdin into the existing directory `DIR`. With `--owner` files keep the tar's
+    /// owners, else they belong to root.
+    pub const ARCHIVE_PUT: &str = "archive-put";
+    /// `stat PATH`: prints the [`PathStat`](super::PathStat) of `PATH` as JSON.
+    pub const STAT: &str = "stat";
+    /// `archive-put` option: keep the tar's owners.
+    pub const OPT_OWNER: &str = "--owner";
+    /// `archive-put` option: refuse to replace a directory by a non-directory or back.
+    pub const OPT_NO_OVERWRITE_DIR_NON_DIR: &str = "--no-overwrite-dir-non-dir";
+    /// Exit code: something failed (see stderr).
+    pub const EXIT_FAILED: i32 = 1;
+    /// Exit code: bad arguments.
+    pub const EXIT_USAGE: i32 = 2;
+    /// Exit code: the path does not exist.
+    pub const EXIT_NOT_FOUND: i32 = 3;
+    /// Exit code: the path is not a directory (`archive-put`).
+    pub const EXIT_NOT_DIR: i32 = 4;
+}
+
+/// A file's metadata, as the `stat` and `archive-get` tools report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathStat {
+    /// Last path component (`/` for the root).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// The target, for a symlink (else empty).
+    #[serde(default)]
+    pub link_target: String,
+}
+
+impl PathStat {
+    /// Whether it is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.mode & 0o170000 == 0o040000
+    }
+
+    /// Whether it is a symlink.
+    pub fn is_symlink(&self) -> bool {
+        self.mode & 0o170000 == 0o120000
+    }
+}
+
 /// Params of [`Call::CreateProcess`] and [`Call::ExecProcess`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSpec {
@@ -375,6 +491,11 @@ pub struct ProcessSpec {
     /// setrlimit(2) values applied before exec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rlimits: Vec<Rlimit>,
+    /// Run the agent's own binary with `args` (one of its built-in tools, such as the
+    /// archive helper of `cp`) instead of a program of the rootfs. It runs chrooted in
+    /// the rootfs like any other process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent_tool: bool,
 }
 
 /// Process credentials.
@@ -515,6 +636,7 @@ mod tests {
                 soft: 1024,
                 hard: u64::MAX,
             }],
+            agent_tool: false,
         }
     }
 
@@ -565,6 +687,39 @@ mod tests {
                     names: vec!["web".into(), "web.test".into()],
                 }],
             }),
+            Call::SetupMounts(SetupMounts {
+                mounts: vec![
+                    ContainerMount {
+                        target: "/data".into(),
+                        source: MountSource::Virtiofs {
+                            tag: "apexfs0".into(),
+                            file: None,
+                        },
+                        read_only: false,
+                        populate: true,
+                    },
+                    ContainerMount {
+                        target: "/etc/app.conf".into(),
+                        source: MountSource::Virtiofs {
+                            tag: "apexfs1".into(),
+                            file: Some("app.conf".into()),
+                        },
+                        read_only: true,
+                        populate: false,
+                    },
+                    ContainerMount {
+                        target: "/tmp".into(),
+                        source: MountSource::Tmpfs {
+                            size_bytes: Some(64 << 20),
+                            mode: Some(0o1777),
+                            noexec: true,
+                        },
+                        read_only: false,
+                        populate: false,
+                    },
+                ],
+                read_only_root: true,
+            }),
             Call::CreateProcess(spec("init")),
             Call::StartProcess(ProcessRef { id: "init".into() }),
             Call::WaitProcess(ProcessRef { id: "init".into() }),
@@ -583,6 +738,7 @@ mod tests {
                 stderr_port: None,
                 rootfs: None,
                 rlimits: vec![],
+                agent_tool: true,
                 ..spec("exec-1")
             }),
             Call::Stats,

@@ -111,6 +111,9 @@ pub struct RmArgs {
     /// Stop running containers first (SIGKILL).
     #[arg(short, long)]
     pub force: bool,
+    /// Also remove the containers' anonymous volumes.
+    #[arg(short, long)]
+    pub volumes: bool,
     /// Containers (ID, unique ID prefix or name).
     #[arg(required = true)]
     pub containers: Vec<String>,
@@ -306,12 +309,12 @@ pub async fn verbs(home: &Path, cmd: Verbs) -> Result<ExitCode> {
         }
         Verbs::Rm(a) => {
             let c = client.with_timeout(Some(grace(None)));
-            let force = a.force;
+            let (force, volumes) = (a.force, a.volumes);
             Ok(each(&a.containers, |name| {
                 let c = c.clone();
                 async move {
                     let _: serde_json::Value = c
-                        .delete(&cpath(&name, &format!("?force={force}")))
+                        .delete(&cpath(&name, &format!("?force={force}&volumes={volumes}")))
                         .await
                         .api()?;
                     Ok(())

@@ -3,17 +3,38 @@
 //! Image and registry commands run in-process on the image store; container commands
 //! are clients of `apexd` over its Unix socket (started on demand).
 
+/// `println!` that ends the process quietly on a closed pipe (see [`out`]).
+macro_rules! println {
+    () => {
+        $crate::out::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))
+    };
+}
+
+/// `print!` that ends the process quietly on a closed pipe (see [`out`]).
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::out::text(format_args!($($arg)*))
+    };
+}
+
 mod attach;
 mod container;
+mod cp;
 mod daemon;
 mod format;
 mod image;
+mod mount_flags;
 mod network;
+mod out;
 mod progress;
 mod registry;
 mod run;
 mod system;
 mod term;
+mod volume;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +68,11 @@ enum Cmd {
     /// Manage networks.
     #[command(subcommand)]
     Network(network::NetworkCmd),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volume::VolumeCmd),
+    /// Copy files between a container and the host.
+    Cp(cp::CpArgs),
     /// Log in to and out of registries.
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
@@ -88,6 +114,8 @@ fn main() -> ExitCode {
             Cmd::Container(c) => container::run(&home, c).await,
             Cmd::Image(c) => done(image::run(&home, c).await),
             Cmd::Network(c) => network::run(&home, c).await,
+            Cmd::Volume(c) => volume::run(&home, c).await,
+            Cmd::Cp(a) => cp::run(&home, a).await,
             Cmd::Pull(a) => done(image::run(&home, image::ImageCmd::Pull(a)).await),
             Cmd::Images(a) => done(image::run(&home, image::ImageCmd::Ls(a)).await),
             Cmd::Registry(c) => done(registry::run(&home, c).await),

@@ -78,6 +78,23 @@ pub struct CreateArgs {
     /// 127.0.0.1 unless given). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
+    /// Bind mount or volume: `SRC:DST[:ro]` (SRC a host path, absolute or `./`-relative,
+    /// or a volume name) or `DST` for an anonymous volume. Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SPEC")]
+    pub volumes: Vec<String>,
+    /// A mount: `type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    /// [,volume-nocopy][,tmpfs-size=...][,tmpfs-mode=...]`. Repeatable.
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mounts: Vec<String>,
+    /// A tmpfs: `DST[:size=64m,mode=1777,exec,ro]`. Repeatable.
+    #[arg(long = "tmpfs", value_name = "DST[:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Make the root filesystem read-only (mounts stay writable unless `ro`).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Size limit of the writable layer: `size=20G` (default 10G; a sparse disk).
+    #[arg(long = "storage-opt", value_name = "size=SIZE", value_parser = crate::mount_flags::parse_storage_opt)]
+    pub storage_opt: Option<u64>,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no", value_parser = parse_restart)]
     pub restart: RestartPolicy,
@@ -172,6 +189,13 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
     if a.rm && a.restart != RestartPolicy::No {
         bail!("conflicting options: --restart and --rm");
     }
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let mounts = a
+        .mounts
+        .iter()
+        .map(|m| crate::mount_flags::parse_mount(m, &cwd))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!("invalid argument for --mount flag: {e}"))?;
     let req = CreateRequest {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -189,6 +213,15 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         auto_remove: a.rm,
         network: a.network.clone(),
         publish: a.publish.clone(),
+        volumes: a
+            .volumes
+            .iter()
+            .map(|v| crate::mount_flags::absolutize_volume(v, &cwd))
+            .collect(),
+        mounts,
+        tmpfs: a.tmpfs.clone(),
+        read_only: a.read_only,
+        storage_size: a.storage_opt,
     };
     let client = client.with_timeout(Some(CREATE_TIMEOUT));
     match client.post_json("/v1/containers", &req).await {

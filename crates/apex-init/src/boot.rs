@@ -14,7 +14,8 @@ use crate::{modules, net, sys};
 
 /// Read-only image rootfs mount point.
 pub const LOWER: &str = "/run/apex/lower";
-/// tmpfs holding the overlay's `upper/` and `work/`.
+/// The writable layer holding the overlay's `upper/` and `work/`: the container's ext4
+/// disk, or a tmpfs.
 pub const RW: &str = "/run/apex/rw";
 /// The container root (overlay of the two).
 pub const ROOT: &str = "/run/apex/root";
@@ -116,11 +117,15 @@ pub fn boot() -> Booted {
     let mut mounts = Vec::new();
     match &params.root {
         Some(dev) => {
-            if step(&format!("rootfs {dev} ({})", params.rootfstype), || {
-                mount_rootfs(dev, &params.rootfstype)
-            })
-            .is_some()
-            {
+            let upper = params.upper.as_deref();
+            let what = match upper {
+                Some(u) => format!("rootfs {dev} ({}), writable layer {u}", params.rootfstype),
+                None => format!(
+                    "rootfs {dev} ({}), writable layer in RAM",
+                    params.rootfstype
+                ),
+            };
+            if step(&what, || mount_rootfs(dev, &params.rootfstype, upper)).is_some() {
                 mounts.extend([LOWER, RW, ROOT].map(PathBuf::from));
             }
         }
@@ -140,9 +145,8 @@ pub fn boot() -> Booted {
     }
 }
 
-/// Waits for `dev` to appear (virtio probing may lag module loading), then mounts it
-/// read-only at [`LOWER`], a tmpfs at [`RW`] and the overlay at [`ROOT`].
-fn mount_rootfs(dev: &str, fstype: &str) -> io::Result<()> {
+/// Waits for `dev` to appear (virtio probing may lag module loading).
+fn wait_device(dev: &str) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !Path::new(dev).exists() {
         if Instant::now() >= deadline {
@@ -153,10 +157,24 @@ fn mount_rootfs(dev: &str, fstype: &str) -> io::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    Ok(())
+}
+
+/// Mounts `dev` read-only at [`LOWER`], the writable layer at [`RW`] (the ext4 disk
+/// `upper`, else a tmpfs) and the overlay at [`ROOT`].
+fn mount_rootfs(dev: &str, fstype: &str, upper: Option<&str>) -> io::Result<()> {
+    wait_device(dev)?;
     mount_at(dev, LOWER, fstype, libc::MS_RDONLY, None)
         .map_err(|e| io::Error::new(e.kind(), format!("mount {dev} on {LOWER}: {e}")))?;
-    mount_at("tmpfs", RW, "tmpfs", 0, Some("mode=0755,size=50%"))
-        .map_err(|e| io::Error::new(e.kind(), format!("mount tmpfs on {RW}: {e}")))?;
+    match upper {
+        // noinit_itable: the host made the filesystem sparse and lazily initialized; do
+        // not spend guest CPU zeroing inode tables in the background.
+        Some(u) => wait_device(u)
+            .and_then(|()| mount_at(u, RW, "ext4", libc::MS_NOATIME, Some("noinit_itable")))
+            .map_err(|e| io::Error::new(e.kind(), format!("mount {u} on {RW}: {e}")))?,
+        None => mount_at("tmpfs", RW, "tmpfs", 0, Some("mode=0755,size=50%"))
+            .map_err(|e| io::Error::new(e.kind(), format!("mount tmpfs on {RW}: {e}")))?,
+    }
     mkdir_p(&Path::new(RW).join("upper"), 0o755)?;
     mkdir_p(&Path::new(RW).join("work"), 0o755)?;
     let data = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");

@@ -7,6 +7,9 @@ pub struct BootParams {
     pub root: Option<String>,
     /// `apex.rootfstype=`: its filesystem type (default `erofs`).
     pub rootfstype: String,
+    /// `apex.upper=`: block device (ext4) holding the container's writable layer; a
+    /// tmpfs when absent.
+    pub upper: Option<String>,
     /// `apex.hostname=`.
     pub hostname: Option<String>,
     /// `apex.debug=1`: verbose logs.
@@ -18,6 +21,7 @@ impl Default for BootParams {
         Self {
             root: None,
             rootfstype: "erofs".into(),
+            upper: None,
             hostname: None,
             debug: false,
         }
@@ -39,6 +43,7 @@ impl BootParams {
                 "apex.rootfstype" => {
                     p.rootfstype = nonempty.unwrap_or_else(|| "erofs".into());
                 }
+                "apex.upper" => p.upper = nonempty,
                 "apex.hostname" => p.hostname = nonempty,
                 "apex.debug" => p.debug = !matches!(value, Some("0" | "false" | "no" | "off")),
                 _ => {}
@@ -87,13 +92,14 @@ mod tests {
     fn parses_apex_params() {
         let p = BootParams::parse(
             "console=ttyS0 panic=-1 quiet apex.root=/dev/vda apex.rootfstype=ext4 \
-             apex.hostname=web-1 apex.debug=1 tsc_early_khz=2000000\n",
+             apex.upper=/dev/vdb apex.hostname=web-1 apex.debug=1 tsc_early_khz=2000000\n",
         );
         assert_eq!(
             p,
             BootParams {
                 root: Some("/dev/vda".into()),
                 rootfstype: "ext4".into(),
+                upper: Some("/dev/vdb".into()),
                 hostname: Some("web-1".into()),
                 debug: true,
             }

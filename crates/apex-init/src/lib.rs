@@ -16,6 +16,8 @@ pub mod log;
 
 pub mod boot;
 pub mod cmdline;
+pub mod container_fs;
+pub mod copy;
 pub mod forward;
 pub mod modules;
 pub mod mounts;
@@ -28,6 +30,7 @@ pub mod server;
 pub mod spawn;
 pub mod stats;
 pub mod sys;
+pub mod tool;
 pub mod transport;
 pub mod user;
 
@@ -51,15 +54,21 @@ pub enum Mode {
         /// Verbose logs.
         debug: bool,
     },
+    /// A built-in tool ([`tool`]), started by the agent as a container process.
+    Tool(Vec<String>),
 }
 
 const USAGE: &str = "usage: apex-init                 (as PID 1 in the guest)\n       \
-                     apex-init --serve-unix PATH --root DIR [--debug]";
+                     apex-init --serve-unix PATH --root DIR [--debug]\n       \
+                     apex-init tool NAME ARGS...";
 
 /// Parses arguments (without argv\[0\]).
 pub fn parse_args(args: &[String]) -> Result<Mode, String> {
     if args.is_empty() {
         return Ok(Mode::Init);
+    }
+    if args[0] == spawn::TOOL_ARG {
+        return Ok(Mode::Tool(args[1..].to_vec()));
     }
     let (mut path, mut root, mut debug) = (None, None, false);
     let mut it = args.iter();
@@ -116,6 +125,7 @@ fn private_mount_namespace() -> std::io::Result<()> {
 pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match parse_args(&args) {
+        Ok(Mode::Tool(args)) => std::process::exit(tool::run(&args)),
         Ok(Mode::Init) if std::process::id() != 1 => {
             eprintln!("apex-init: not PID 1\n{USAGE}");
             std::process::exit(2)
@@ -133,6 +143,7 @@ pub fn main() -> ! {
             let booted = boot::boot();
             (Transport::Vsock, booted.root, booted.mounts)
         }
+        Mode::Tool(_) => unreachable!("tools exit above"),
         Mode::ServeUnix { path, root, debug } => {
             log::set_debug(debug);
             if let Err(e) = private_mount_namespace() {

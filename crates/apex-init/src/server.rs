@@ -97,6 +97,7 @@ impl Agent {
             Call::Mkdir(m) => call_err(mounts::rpc_mkdir(&m)),
             Call::WriteFile(w) => call_err(mounts::rpc_write_file(&w)),
             Call::SetNetwork(n) => call_err(crate::net::rpc_set_network(&self.root, &n, self.pid1)),
+            Call::SetupMounts(m) => call_err(crate::container_fs::rpc_setup_mounts(&self.root, &m)),
             Call::CreateProcess(spec) => p.create(spec).and_then(|()| ack()),
             Call::StartProcess(r) => to_value(p.start(&r.id)),
             Call::WaitProcess(r) => to_value(p.wait(&r.id)),

@@ -23,6 +23,11 @@ use apex_agent_proto::RpcError;
 use crate::sys::{self, cstring, errno_text};
 use crate::user::ExecUser;
 
+/// `argv[0]` of an agent tool process.
+pub const TOOL_ARGV0: &str = "apex-init";
+/// `argv[1]` of an agent tool process: the mode that runs [`crate::tool`].
+pub const TOOL_ARG: &str = "tool";
+
 /// `PATH` used for the lookup when the environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -101,6 +106,9 @@ pub struct ExecPlan {
     groups: Vec<libc::gid_t>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     empty_mask: libc::sigset_t,
+    /// For an agent tool: this binary (`/proc/self/exe`, opened `O_PATH`), exec'd with
+    /// execveat(2) after the chroot, where no path could reach it.
+    tool_exe: Option<OwnedFd>,
 }
 
 // SAFETY: the raw pointers point into the CStrings owned by the same plan, which are never
@@ -172,13 +180,25 @@ impl ExecPlan {
     /// environment has none. Errors describe invalid input (NUL bytes, unknown rlimits).
     pub fn new(spec: &ProcessSpec, root: &Path, user: &ExecUser) -> Result<Self, String> {
         let c = |s: &str| cstring(s).map_err(|e| e.to_string());
-        let program = spec.args.first().cloned().unwrap_or_default();
-        let (candidates, searched_path) = exec_candidates(&program, &spec.env);
+        let (args, tool_exe) = if spec.agent_tool {
+            let exe = sys::open(Path::new("/proc/self/exe"), libc::O_PATH)
+                .map_err(|e| format!("opening the agent binary: {e}"))?;
+            let args = [TOOL_ARGV0, TOOL_ARG].map(String::from).into_iter();
+            (args.chain(spec.args.iter().cloned()).collect(), Some(exe))
+        } else {
+            (spec.args.clone(), None)
+        };
+        let program = args.first().cloned().unwrap_or_default();
+        let (candidates, searched_path) = if tool_exe.is_some() {
+            (Vec::new(), false)
+        } else {
+            exec_candidates(&program, &spec.env)
+        };
         let mut env = spec.env.clone();
         if !env.iter().any(|kv| kv.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));
         }
-        let argv: Vec<CString> = spec.args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
+        let argv: Vec<CString> = args.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
         let envp: Vec<CString> = env.iter().map(|a| c(a)).collect::<Result<_, _>>()?;
         let null_terminated = |v: &[CString]| {
             v.iter()
@@ -227,6 +247,7 @@ impl ExecPlan {
             groups: user.groups.clone(),
             rlimits,
             empty_mask,
+            tool_exe,
         })
     }
 
@@ -314,6 +335,17 @@ impl ExecPlan {
             }
             if !cwd_done && libc::chdir(self.cwd.as_ptr()) < 0 {
                 fail(Stage::Chdir, errno());
+            }
+            if let Some(exe) = &self.tool_exe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    exe.as_raw_fd(),
+                    c"".as_ptr(),
+                    self.argv_ptrs.as_ptr(),
+                    self.envp_ptrs.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                );
+                fail(Stage::Exec, errno());
             }
             let mut saw_eacces = false;
             for path in &self.candidates {
@@ -467,6 +499,7 @@ mod tests {
             stderr_port: None,
             rootfs: None,
             rlimits: vec![],
+            agent_tool: false,
         };
         let user = ExecUser {
             uid: 0,

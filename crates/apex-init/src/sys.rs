@@ -189,17 +189,34 @@ pub fn read_in_root(root: &Path, path: &str) -> io::Result<Option<Vec<u8>>> {
 
 fn open_in_root(root: &Path, path: &str) -> io::Result<OwnedFd> {
     let dir = open(root, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    match openat_in_root(dir.as_fd(), path, libc::O_RDONLY) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            open(&root.join(path.trim_start_matches('/')), libc::O_RDONLY)
+        }
+        other => other,
+    }
+}
+
+/// openat2(2) of `path` below the directory `root` with `RESOLVE_IN_ROOT`: the path and
+/// every symlink on the way resolve as if `root` were `/` (no escape through `..` or
+/// absolute links). `flags` get `O_CLOEXEC` added.
+pub fn openat_in_root(root: BorrowedFd<'_>, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
     let rel = cstring(path.trim_start_matches('/'))?;
+    let rel = if rel.as_bytes().is_empty() {
+        cstring(".")?
+    } else {
+        rel
+    };
     // SAFETY: open_how is plain old data; all-zero is valid.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.resolve = libc::RESOLVE_IN_ROOT;
-    // SAFETY: `dir` is an open directory fd, `rel` a valid C string and `how` a valid
+    // SAFETY: `root` is an open directory fd, `rel` a valid C string and `how` a valid
     // open_how of the size passed.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            dir.as_raw_fd(),
+            root.as_raw_fd(),
             rel.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
@@ -209,11 +226,7 @@ fn open_in_root(root: &Path, path: &str) -> io::Result<OwnedFd> {
         // SAFETY: openat2 returned a fresh descriptor that we now own.
         return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENOSYS) {
-        return open(&root.join(path.trim_start_matches('/')), libc::O_RDONLY);
-    }
-    Err(err)
+    Err(io::Error::last_os_error())
 }
 
 /// A connected stream socket (vsock or Unix), read and written with read(2)/write(2).

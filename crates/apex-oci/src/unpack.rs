@@ -59,18 +59,42 @@ pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> Result<Box<dyn Read 
 
 /// Applies one (uncompressed) layer tar to the directory `root`.
 pub fn apply_layer(root: &Path, tar: impl Read) -> Result<LayerStats> {
+    unpack(root, tar, true, None)
+}
+
+/// Extracts an archive (`cp` from a container) into the directory `root` with the same
+/// safety rules as layers, but no whiteouts: `.wh.` names are ordinary files. With
+/// `rename_top`, the first component of every entry (and hardlink target) is replaced
+/// by that name, so `etc/hosts` lands as `NEW/hosts` (`docker cp c:/etc NEW`).
+/// Owners are kept when running as root.
+pub fn extract_archive(
+    root: &Path,
+    tar: impl Read,
+    rename_top: Option<&OsStr>,
+) -> Result<LayerStats> {
+    unpack(root, tar, false, rename_top.map(OsStr::to_os_string))
+}
+
+fn unpack(
+    root: &Path,
+    tar: impl Read,
+    whiteouts: bool,
+    rename_top: Option<OsString>,
+) -> Result<LayerStats> {
     let root_fd = rfs::open(
         root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .with_context(|| format!("opening rootfs {}", root.display()))?;
+    .with_context(|| format!("opening {}", root.display()))?;
     let mut u = Unpacker {
         root: root_fd,
         privileged: rustix::process::geteuid().is_root(),
         created: HashSet::new(),
         dirs: Vec::new(),
         stats: LayerStats::default(),
+        whiteouts,
+        rename_top,
     };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().context("reading layer tar")? {
@@ -110,6 +134,10 @@ struct Unpacker {
     /// and a read-only mode must not block later entries).
     dirs: Vec<(PathBuf, u32, u64)>,
     stats: LayerStats,
+    /// Apply `.wh.` whiteouts (layers) or take them literally (archives).
+    whiteouts: bool,
+    /// Replaces the first path component of every entry.
+    rename_top: Option<OsString>,
 }
 
 fn io_ctx<T>(r: rustix::io::Result<T>, what: &str, path: &Path) -> Result<T> {
@@ -118,9 +146,18 @@ fn io_ctx<T>(r: rustix::io::Result<T>, what: &str, path: &Path) -> Result<T> {
 }
 
 impl Unpacker {
+    /// A cleaned entry path, with [`Unpacker::rename_top`] applied.
+    fn entry_path(&self, raw: &[u8]) -> Result<Vec<OsString>, ImageError> {
+        let mut parts = clean_path(raw)?;
+        if let (Some(new), Some(first)) = (&self.rename_top, parts.first_mut()) {
+            first.clone_from(new);
+        }
+        Ok(parts)
+    }
+
     fn apply<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<()> {
         let raw = entry.path_bytes().into_owned();
-        let parts = clean_path(&raw)?;
+        let parts = self.entry_path(&raw)?;
         let Some((name, parents)) = parts.split_last() else {
             return Ok(()); // the root itself ("./")
         };
@@ -128,13 +165,16 @@ impl Unpacker {
         let parent_rel: PathBuf = parents.iter().collect();
         let name_str = name.to_string_lossy();
 
-        if name_str == OPAQUE_MARKER {
+        if self.whiteouts && name_str == OPAQUE_MARKER {
             let dir = self.resolve_dir(&parent_rel, true)?;
             self.clear_dir(&dir, &parent_rel)?;
             self.stats.whiteouts += 1;
             return Ok(());
         }
-        if let Some(target) = name_str.strip_prefix(WHITEOUT_PREFIX) {
+        if let Some(target) = name_str
+            .strip_prefix(WHITEOUT_PREFIX)
+            .filter(|_| self.whiteouts)
+        {
             if target.is_empty() || target == "." || target == ".." || target.contains('/') {
                 return Err(ImageError::HostileLayer {
                     path: String::from_utf8_lossy(&raw).into_owned(),
@@ -208,7 +248,7 @@ impl Unpacker {
                 let target = header
                     .link_name_bytes()
                     .with_context(|| format!("hardlink {} has no target", rel.display()))?;
-                let tparts = clean_path(&target)?;
+                let tparts = self.entry_path(&target)?;
                 let Some((tname, tparents)) = tparts.split_last() else {
                     return Err(ImageError::HostileLayer {
                         path: String::from_utf8_lossy(&raw).into_owned(),
@@ -730,6 +770,37 @@ mod tests {
         assert_eq!(fs::read(inner).unwrap(), b"x");
         assert_eq!(fs::read(r.join("tmp/pwned2")).unwrap(), b"x");
         assert!(fs::symlink_metadata(r.join("link")).unwrap().is_file());
+    }
+
+    #[test]
+    fn archives_rename_the_top_and_keep_whiteout_names() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let tar = tar_of(&[
+            ("etc/", EntryType::Directory, b""),
+            ("etc/hosts", EntryType::Regular, b"h"),
+            ("etc/.wh.keep", EntryType::Regular, b"w"),
+            ("etc/h2", EntryType::Link, b"etc/hosts"),
+        ]);
+        extract_archive(r, &tar[..], Some(OsStr::new("copy"))).unwrap();
+        assert_eq!(fs::read(r.join("copy/hosts")).unwrap(), b"h");
+        assert_eq!(fs::read(r.join("copy/.wh.keep")).unwrap(), b"w");
+        assert_eq!(
+            fs::metadata(r.join("copy/h2")).unwrap().ino(),
+            fs::metadata(r.join("copy/hosts")).unwrap().ino()
+        );
+        assert!(!r.join("etc").exists());
+        // A hostile archive stays inside, renamed or not.
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().to_str().unwrap().as_bytes().to_vec();
+        let evil = tar_of(&[
+            ("x/l", EntryType::Symlink, &target),
+            ("x/l/pwned", EntryType::Regular, b"x"),
+        ]);
+        extract_archive(r, &evil[..], Some(OsStr::new("y"))).unwrap();
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+        let up = tar_of(&[("x/../../escape", EntryType::Regular, b"x")]);
+        assert!(extract_archive(r, &up[..], None).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use apex_agent_proto::api::{
     ExitStatus, KillProcess, PingResult, ProcessRef, ProcessSpec, ProcessStarted, ResizeTty,
-    SetNetwork, Stats,
+    SetNetwork, SetupMounts, Stats,
 };
 use apex_agent_proto::rpc::{codes, ProcessStartFailed};
 use apex_agent_proto::{encode_request, frame, read_message_async, Call, Message, RpcError};
@@ -196,6 +196,16 @@ impl AgentClient {
     /// Guest resource usage.
     pub async fn stats(&self) -> Result<Stats, AgentError> {
         self.typed(&Call::Stats).await
+    }
+
+    /// Mounts shares and tmpfs in the container and applies a read-only root.
+    pub async fn setup_mounts(&self, m: SetupMounts) -> Result<(), AgentError> {
+        self.call(&Call::SetupMounts(m)).await.map(drop)
+    }
+
+    /// Flushes every guest filesystem (sync(2)).
+    pub async fn sync(&self) -> Result<(), AgentError> {
+        self.call(&Call::Sync).await.map(drop)
     }
 
     /// Asks the guest to stop everything and power off.

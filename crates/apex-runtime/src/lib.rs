@@ -2,8 +2,10 @@
 //!
 //! - [`spec`]: the process to run, merged from the image config and `run` flags;
 //! - [`agent`]: the multiplexing client of the guest agent;
+//! - [`fs`]: the container's filesystem: writable layer disk, shares, tmpfs;
 //! - [`sandbox`]: a VM booted on an image rootfs, and processes in it.
 
 pub mod agent;
+pub mod fs;
 pub mod sandbox;
 pub mod spec;

@@ -24,12 +24,15 @@ use tokio::net::{UnixListener, UnixStream};
 pub use apex_agent_proto::forward::Proto;
 
 use crate::agent::AgentClient;
+use crate::fs::Filesystem;
 use crate::spec::ProcessSpec;
 
 /// How long a KVM probe boot may take before TCG is chosen (cached per kernel + QEMU).
 const ACCEL_PROBE_TIMEOUT: Duration = Duration::from_secs(8);
 /// First vsock port used for process stdio; each process takes three.
 const STDIO_PORT_BASE: u32 = 10_000;
+/// How long the guest may take to flush its writable layer before the VM is killed.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a port forward may take to connect and be answered by the guest.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,8 +41,8 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SandboxConfig {
     /// Apex home (VM state goes under `vms/`).
     pub home: PathBuf,
-    /// The image's read-only rootfs (erofs).
-    pub rootfs: PathBuf,
+    /// The image rootfs, the writable layer and the mounts.
+    pub fs: Filesystem,
     /// Guest hostname.
     pub hostname: String,
     /// vCPUs.
@@ -71,6 +74,10 @@ pub struct Sandbox {
     agent: AgentClient,
     next_port: AtomicU32,
     next_proc: AtomicU32,
+    /// The guest's `setup_mounts` call, for [`Sandbox::mount_filesystems`].
+    mounts: api::SetupMounts,
+    /// Whether the writable layer is a disk (to be synced before the VM goes).
+    writable_disk: bool,
 }
 
 /// Where shared caches (initramfs, accelerator probe) live: `$APEX_CACHE_DIR`, else
@@ -219,26 +226,39 @@ impl Sandbox {
         std::fs::write(state_dir.join(OWNER_FILE), std::process::id().to_string())?;
         // Removes the state dir if boot fails or is abandoned (Ctrl-C drops this future).
         let mut guard = RemoveOnDrop(Some(state_dir.clone()));
+        let plan = cfg.fs.plan()?;
+        let mut cmdline = vec![
+            "apex.root=/dev/vda".into(),
+            "apex.rootfstype=erofs".into(),
+            format!("apex.hostname={}", cfg.hostname),
+        ];
+        let mut disks = vec![Disk {
+            id: "root".into(),
+            path: cfg.fs.rootfs.clone(),
+            read_only: true,
+        }];
+        if let Some(upper) = &cfg.fs.upper_disk {
+            // Disks appear in order: the writable layer is /dev/vdb.
+            cmdline.push("apex.upper=/dev/vdb".into());
+            disks.push(Disk {
+                id: "upper".into(),
+                path: upper.clone(),
+                read_only: false,
+            });
+        }
         let mut vm_cfg = VmConfig {
             id: id.clone(),
             cpus: cfg.cpus,
             memory_mib: cfg.memory_mib,
             kernel: kernel.vmlinuz.clone(),
             initrd,
-            cmdline: vec![
-                "apex.root=/dev/vda".into(),
-                "apex.rootfstype=erofs".into(),
-                format!("apex.hostname={}", cfg.hostname),
-            ],
-            disks: vec![Disk {
-                id: "root".into(),
-                path: cfg.rootfs.clone(),
-                read_only: true,
-            }],
+            cmdline,
+            disks,
             state_dir: state_dir.clone(),
             accel: apex_vm::Accel::Tcg,
             guest_cid: 3,
             nics: cfg.nics.clone(),
+            shares: plan.shares,
         };
         tracing::debug!(elapsed = ?t0.elapsed(), "assets and initramfs ready");
         let provider = QemuProvider::new()?;
@@ -262,7 +282,21 @@ impl Sandbox {
             agent,
             next_port: AtomicU32::new(STDIO_PORT_BASE),
             next_proc: AtomicU32::new(1),
+            mounts: plan.setup,
+            writable_disk: cfg.fs.upper_disk.is_some(),
         })
+    }
+
+    /// Mounts the container's shares and tmpfs and applies `--read-only` (after the
+    /// network is configured: that writes files in the root).
+    pub async fn mount_filesystems(&self) -> Result<()> {
+        if self.mounts.mounts.is_empty() && !self.mounts.read_only_root {
+            return Ok(());
+        }
+        self.agent
+            .setup_mounts(self.mounts.clone())
+            .await
+            .context("mounting the container's volumes")
     }
 
     /// The agent client.
@@ -319,6 +353,23 @@ impl Sandbox {
 
     /// Starts a process; its stdio arrives as vsock streams.
     pub async fn spawn(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
+        self.spawn_wire(spec, stdin, false).await
+    }
+
+    /// Starts one of the agent's built-in tools (see [`api::tools`]) as root, with
+    /// stdout and stderr (and stdin if asked) as streams.
+    pub async fn spawn_tool(&self, args: Vec<String>, stdin: bool) -> Result<Process> {
+        let spec = ProcessSpec {
+            args,
+            env: vec![],
+            cwd: "/".into(),
+            user: "0".into(),
+            terminal: false,
+        };
+        self.spawn_wire(&spec, stdin, true).await
+    }
+
+    async fn spawn_wire(&self, spec: &ProcessSpec, stdin: bool, tool: bool) -> Result<Process> {
         let id = format!("p{}", self.next_proc.fetch_add(1, Ordering::Relaxed));
         let base = self.next_port.fetch_add(3, Ordering::Relaxed);
         let (in_port, out_port, err_port) = (
@@ -347,6 +398,7 @@ impl Sandbox {
             stderr_port: err_port,
             rootfs: None,
             rlimits: vec![],
+            agent_tool: tool,
         };
         // exec_process = create + start in one round trip; the guest connects the stdio
         // ports before it starts the process and answers.
@@ -377,13 +429,27 @@ impl Sandbox {
 
     /// Ends the VM: QEMU and its backends are gone and the state directory is removed.
     ///
-    /// The rootfs is a read-only image and the container's writable layer lives in guest
-    /// RAM, so there is nothing to flush: the VM is killed at once rather than asked to
-    /// power off (which costs ~0.25 s under TCG). A sandbox with writable disks must use
-    /// [`Sandbox::power_off`] first.
+    /// The rootfs is a read-only image and shares are written through by virtiofsd, so
+    /// only a writable-layer disk needs flushing: the guest syncs (bounded by
+    /// [`SYNC_TIMEOUT`]), then the VM is killed rather than powered off (which costs
+    /// ~0.25 s under TCG). ext4's journal covers a VM that dies without the sync.
     pub async fn shutdown(mut self) {
+        self.sync_disks().await;
         self.vm.kill().await;
         let _ = std::fs::remove_dir_all(self.vm.state_dir());
+    }
+
+    /// Flushes the guest's writable layer to its disk (no-op without one).
+    pub async fn sync_disks(&self) {
+        if !self.writable_disk || self.vm.exit_status().is_some() {
+            return;
+        }
+        let t0 = std::time::Instant::now();
+        match tokio::time::timeout(SYNC_TIMEOUT, self.agent.sync()).await {
+            Ok(Ok(())) => tracing::debug!(elapsed = ?t0.elapsed(), "guest synced"),
+            Ok(Err(e)) => tracing::warn!("guest sync failed: {e}"),
+            Err(_) => tracing::warn!("guest sync timed out after {SYNC_TIMEOUT:?}"),
+        }
     }
 
     /// Asks the guest to stop its processes, sync and power off; kills it if it does not

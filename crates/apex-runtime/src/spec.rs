@@ -28,9 +28,20 @@ pub struct ImageProcessConfig {
     /// `user`, `uid`, `user:group` or `uid:gid`.
     #[serde(default)]
     pub user: Option<String>,
+    /// `VOLUME`s: paths that get an anonymous volume (a map to empty objects).
+    #[serde(default)]
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 impl ImageProcessConfig {
+    /// The image's `VOLUME` paths, sorted.
+    pub fn volume_paths(&self) -> Vec<String> {
+        self.volumes
+            .as_ref()
+            .map(|v| v.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Reads the `config` object of a full image config document.
     pub fn from_image_config(doc: &serde_json::Value) -> Result<Self> {
         match doc.get("config") {
@@ -207,6 +218,7 @@ mod tests {
             env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
             working_dir: Some("/srv".into()),
             user: Some("app".into()),
+            volumes: None,
         }
     }
 
@@ -300,8 +312,9 @@ mod tests {
 
     #[test]
     fn reads_config_object() {
-        let doc = serde_json::json!({"config": {"Cmd": ["sh"], "Env": ["X=1"]}});
+        let doc = serde_json::json!({"config": {"Cmd": ["sh"], "Env": ["X=1"], "Volumes": {"/data": {}, "/a": {}}}});
         let c = ImageProcessConfig::from_image_config(&doc).unwrap();
+        assert_eq!(c.volume_paths(), ["/a", "/data"]);
         assert_eq!(c.cmd.unwrap(), ["sh"]);
         let none = ImageProcessConfig::from_image_config(&serde_json::json!({})).unwrap();
         assert!(none.cmd.is_none());

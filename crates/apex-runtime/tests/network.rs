@@ -105,7 +105,10 @@ fn fixture() -> Option<Fixture> {
 async fn boot(fx: &Fixture, nics: Vec<Nic>) -> Sandbox {
     Sandbox::boot(SandboxConfig {
         home: fx.tmp.path().join("home"),
-        rootfs: fx.rootfs.clone(),
+        fs: apex_runtime::fs::Filesystem {
+            rootfs: fx.rootfs.clone(),
+            ..Default::default()
+        },
         hostname: "nettest".into(),
         cpus: 1,
         memory_mib: 256,

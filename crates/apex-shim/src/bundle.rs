@@ -33,8 +33,8 @@ pub struct ShimConfig {
     pub name: String,
     /// `$APEX_HOME`.
     pub home: PathBuf,
-    /// The image's read-only rootfs.
-    pub rootfs: PathBuf,
+    /// The image rootfs, the writable layer and the mounts.
+    pub fs: apex_runtime::fs::Filesystem,
     /// Guest hostname.
     pub hostname: String,
     /// vCPUs.
@@ -106,6 +106,11 @@ impl Bundle {
     /// `shim.log`.
     pub fn shim_log(&self) -> PathBuf {
         self.dir.join("shim.log")
+    }
+
+    /// `upper.ext4`: the container's writable layer (a sparse ext4 disk image).
+    pub fn upper_disk(&self) -> PathBuf {
+        self.dir.join("upper.ext4")
     }
 
     /// `vm/`: the VM's state (sockets, console).

@@ -64,6 +64,10 @@ pub struct ExecSpec {
     /// Forward stdin.
     #[serde(default)]
     pub stdin: bool,
+    /// Run one of the guest agent's built-in tools (`args[0]` names it; see
+    /// [`apex_agent_proto::api::tools`]) as root, ignoring env, workdir, user and tty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tool: bool,
 }
 
 /// Lifecycle phase reported by [`Request::Status`].

@@ -123,8 +123,9 @@ async fn stop_vm(sb: Arc<Sandbox>) {
     match Arc::try_unwrap(sb) {
         Ok(sb) => sb.shutdown().await,
         Err(sb) => {
-            // An exec or stats call still holds it: kill QEMU by pid (its backend dies
-            // with this process through PDEATHSIG).
+            // An exec or stats call still holds it: flush the writable layer, then kill
+            // QEMU by pid (its backends die with this process through PDEATHSIG).
+            sb.sync_disks().await;
             if let Some(pid) = rustix::process::Pid::from_raw(sb.vm_pid() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
@@ -171,7 +172,7 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
     let cfg = &shim.cfg;
     let boot = Sandbox::boot(SandboxConfig {
         home: cfg.home.clone(),
-        rootfs: cfg.rootfs.clone(),
+        fs: cfg.fs.clone(),
         hostname: cfg.hostname.clone(),
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
@@ -215,6 +216,18 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
             },
             _ = shim.abort.notified() => return shim.exit_from_abort(),
         }
+    }
+    let t0 = std::time::Instant::now();
+    tokio::select! {
+        r = sandbox.mount_filesystems() => match r {
+            Ok(()) => tracing::info!(elapsed = ?t0.elapsed(), "container filesystems mounted"),
+            Err(e) => return Exit {
+                exit_code: 125,
+                reason: Some("the container's mounts could not be set up".into()),
+                error: Some(format!("{e:#}")),
+            },
+        },
+        _ = shim.abort.notified() => return shim.exit_from_abort(),
     }
     if cfg.wait_attach {
         let wait = Duration::from_secs(cfg.boot_timeout_s.max(5));
@@ -562,7 +575,12 @@ async fn exec(shim: Arc<Shim>, mut conn: UnixStream, spec: ExecSpec) -> Result<(
     }
     let pspec = exec_spec(&shim.cfg.process, &spec);
     answer(&mut conn, Response::ok(&())).await?;
-    let proc = match sb.spawn(&pspec, spec.stdin).await {
+    let spawned = if spec.tool {
+        sb.spawn_tool(spec.args.clone(), spec.stdin).await
+    } else {
+        sb.spawn(&pspec, spec.stdin).await
+    };
+    let proc = match spawned {
         Ok(p) => p,
         Err(e) => {
             let code = e

@@ -16,6 +16,6 @@ mod spawn;
 pub use accel::Accel;
 pub use assets::KernelAssets;
 pub use qemu::{
-    wait_for_agent, BoxFuture, Disk, Nic, NicBackend, QemuProvider, QemuVm, Vm, VmConfig, VmError,
-    VmProvider,
+    wait_for_agent, BoxFuture, Disk, Nic, NicBackend, QemuProvider, QemuVm, Share, ShareKind, Vm,
+    VmConfig, VmError, VmProvider,
 };

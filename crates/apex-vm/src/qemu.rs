@@ -11,6 +11,7 @@
 //! never-exiting thread, so callers may start VMs from any thread or task.
 
 pub mod args;
+pub mod virtiofs;
 pub mod vsock;
 
 use crate::accel::Accel;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
 
 pub use args::{host_tsc_khz, kernel_cmdline, qemu_args};
+pub use virtiofs::{Share, ShareKind};
 
 /// vhost-user control socket between QEMU and the vsock backend.
 pub const VHOST_SOCK: &str = "vhost.sock";
@@ -122,6 +124,8 @@ pub struct VmConfig {
     pub guest_cid: u32,
     /// virtio-net NICs (eth0, eth1, ... in the guest); empty for no network device.
     pub nics: Vec<Nic>,
+    /// virtio-fs shares, one `virtiofsd` each.
+    pub shares: Vec<Share>,
 }
 
 impl VmConfig {
@@ -140,6 +144,7 @@ impl VmConfig {
             accel: Accel::Tcg,
             guest_cid: 3,
             nics: Vec::new(),
+            shares: Vec::new(),
         }
     }
 
@@ -209,6 +214,12 @@ impl VmConfig {
                         n.id
                     );
                 }
+            }
+        }
+        for (i, sh) in self.shares.iter().enumerate() {
+            sh.validate().with_context(|| format!("VM {}", self.id))?;
+            if self.shares[..i].iter().any(|o| o.tag == sh.tag) {
+                bail!("VM {}: duplicate share tag {:?}", self.id, sh.tag);
             }
         }
         if let Some(a) = self
@@ -369,6 +380,10 @@ pub struct QemuProvider {
     pub vsock_backend: PathBuf,
     /// Host TSC kHz for the guest command line (see [`host_tsc_khz`]).
     pub tsc_khz: Option<u64>,
+    /// `virtiofsd` (`$APEX_VIRTIOFSD`, PATH or `~/.cargo/bin`); needed only for shares.
+    pub virtiofsd: Option<PathBuf>,
+    /// virtiofsd's `--cache` policy (`$APEX_VIRTIOFS_CACHE`, default `auto`).
+    pub virtiofs_cache: String,
 }
 
 impl QemuProvider {
@@ -386,6 +401,11 @@ impl QemuProvider {
             qemu: find_binary("APEX_QEMU", "qemu-system-x86_64", &[])?,
             vsock_backend: find_binary("APEX_VHOST_VSOCK", "vhost-device-vsock", &extra)?,
             tsc_khz: host_tsc_khz(),
+            virtiofsd: find_binary("APEX_VIRTIOFSD", "virtiofsd", &extra).ok(),
+            virtiofs_cache: std::env::var("APEX_VIRTIOFS_CACHE")
+                .ok()
+                .filter(|c| matches!(c.as_str(), "auto" | "always" | "never" | "metadata"))
+                .unwrap_or_else(|| "auto".into()),
         })
     }
 
@@ -460,6 +480,16 @@ impl QemuProvider {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
+        let mut fs = Vec::with_capacity(cfg.shares.len());
+        if !cfg.shares.is_empty() {
+            let bin = self.virtiofsd.as_ref().context(
+                "virtiofsd not found on PATH (set APEX_VIRTIOFSD, or run scripts/install-deps.sh)",
+            )?;
+            for (i, share) in cfg.shares.iter().enumerate() {
+                fs.push(virtiofs::start(bin, &self.virtiofs_cache, dir, i, share).await?);
+            }
+        }
+
         let qlog = File::create(dir.join(QEMU_LOG)).context("creating qemu.log")?;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(qemu_args(&cfg, self.tsc_khz))
@@ -473,6 +503,7 @@ impl QemuProvider {
             state_dir: cfg.state_dir,
             qemu,
             backend,
+            fs,
         })
     }
 }
@@ -487,9 +518,11 @@ impl VmProvider for QemuProvider {
 pub struct QemuVm {
     id: String,
     state_dir: PathBuf,
-    // Field order matters: QEMU is killed (dropped) before its backend.
+    // Field order matters: QEMU is killed (dropped) before its backends.
     qemu: Guarded,
     backend: Guarded,
+    /// One virtiofsd per share.
+    fs: Vec<Guarded>,
 }
 
 impl QemuVm {
@@ -514,9 +547,24 @@ impl QemuVm {
             })
     }
 
+    /// The virtiofsd pids, one per share.
+    pub fn virtiofsd_pids(&self) -> Vec<u32> {
+        self.fs.iter().map(Guarded::pid).collect()
+    }
+
+    fn kill_backends(&self) {
+        self.backend.kill_and_reap();
+        for f in &self.fs {
+            f.kill_and_reap();
+        }
+    }
+
     fn remove_sockets(&self) {
         for s in [VHOST_SOCK, VSOCK_SOCK] {
             let _ = std::fs::remove_file(self.state_dir.join(s));
+        }
+        for i in 0..self.fs.len() {
+            let _ = std::fs::remove_file(virtiofs::socket(&self.state_dir, i));
         }
     }
 }
@@ -557,7 +605,7 @@ impl Vm for QemuVm {
     fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus>> {
         Box::pin(async move {
             let status = self.qemu.wait().await.context("waiting for qemu")?;
-            self.backend.kill_and_reap();
+            self.kill_backends();
             self.remove_sockets();
             Ok(status)
         })
@@ -566,7 +614,7 @@ impl Vm for QemuVm {
     fn kill(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.qemu.kill_and_reap();
-            self.backend.kill_and_reap();
+            self.kill_backends();
             self.remove_sockets();
         })
     }
@@ -575,7 +623,7 @@ impl Vm for QemuVm {
 impl Drop for QemuVm {
     fn drop(&mut self) {
         self.qemu.kill_and_reap();
-        self.backend.kill_and_reap();
+        self.kill_backends();
         self.remove_sockets();
     }
 }

@@ -21,6 +21,7 @@ use crate::info;
 use crate::networks::Networks;
 use crate::paths::Paths;
 use crate::store::StateStore;
+use crate::volumes::Volumes;
 
 /// What a route does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +78,22 @@ pub enum Endpoint {
     NetworkRemove,
     /// `POST /v1/networks/prune`.
     NetworkPrune,
+    /// `HEAD /v1/containers/{id}/archive`.
+    ArchiveStat,
+    /// `GET /v1/containers/{id}/archive`.
+    ArchiveGet,
+    /// `PUT /v1/containers/{id}/archive`.
+    ArchivePut,
+    /// `GET /v1/volumes`.
+    VolumeList,
+    /// `POST /v1/volumes`.
+    VolumeCreate,
+    /// `GET /v1/volumes/{name}`.
+    VolumeInspect,
+    /// `DELETE /v1/volumes/{name}`.
+    VolumeRemove,
+    /// `POST /v1/volumes/prune`.
+    VolumePrune,
 }
 
 /// One served route.
@@ -134,12 +151,20 @@ pub const ROUTES: &[Route] = &[
         Endpoint::ContainerAttach,
     ),
     Route::new("POST", "/v1/containers/{id}/exec", Endpoint::ExecCreate),
+    Route::new("HEAD", "/v1/containers/{id}/archive", Endpoint::ArchiveStat),
+    Route::new("GET", "/v1/containers/{id}/archive", Endpoint::ArchiveGet),
+    Route::new("PUT", "/v1/containers/{id}/archive", Endpoint::ArchivePut),
     Route::new("POST", "/v1/exec/{id}/start", Endpoint::ExecStart),
     Route::new("GET", "/v1/networks", Endpoint::NetworkList),
     Route::new("POST", "/v1/networks", Endpoint::NetworkCreate),
     Route::new("POST", "/v1/networks/prune", Endpoint::NetworkPrune),
     Route::new("GET", "/v1/networks/{id}", Endpoint::NetworkInspect),
     Route::new("DELETE", "/v1/networks/{id}", Endpoint::NetworkRemove),
+    Route::new("GET", "/v1/volumes", Endpoint::VolumeList),
+    Route::new("POST", "/v1/volumes", Endpoint::VolumeCreate),
+    Route::new("POST", "/v1/volumes/prune", Endpoint::VolumePrune),
+    Route::new("GET", "/v1/volumes/{name}", Endpoint::VolumeInspect),
+    Route::new("DELETE", "/v1/volumes/{name}", Endpoint::VolumeRemove),
 ];
 
 /// `GET /v1/version`.
@@ -271,7 +296,8 @@ impl AppState {
         accel_cache: PathBuf,
         networks: Arc<Networks>,
     ) -> Self {
-        let containers = Containers::new(paths.home(), store.clone(), networks.clone());
+        let volumes = Volumes::new(paths.home(), store.clone());
+        let containers = Containers::new(paths.home(), store.clone(), networks.clone(), volumes);
         AppState(Arc::new(Inner {
             containers,
             networks,
@@ -293,6 +319,11 @@ impl AppState {
     /// The networks.
     pub fn networks(&self) -> &Arc<Networks> {
         &self.0.networks
+    }
+
+    /// The volumes.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        self.0.containers.volumes()
     }
 }
 
@@ -358,9 +389,11 @@ impl IntoResponse for ApiError {
     }
 }
 
+mod archive;
 mod containers;
 mod networks;
 mod pull;
+mod volumes;
 pub use containers::{parse_signal, UPGRADE_PROTOCOL};
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -406,6 +439,14 @@ fn handler(filter: MethodFilter, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::NetworkInspect => on(filter, networks::inspect),
         Endpoint::NetworkRemove => on(filter, networks::remove),
         Endpoint::NetworkPrune => on(filter, networks::prune),
+        Endpoint::ArchiveStat => on(filter, archive::stat),
+        Endpoint::ArchiveGet => on(filter, archive::get),
+        Endpoint::ArchivePut => on(filter, archive::put),
+        Endpoint::VolumeList => on(filter, volumes::list),
+        Endpoint::VolumeCreate => on(filter, volumes::create),
+        Endpoint::VolumeInspect => on(filter, volumes::inspect),
+        Endpoint::VolumeRemove => on(filter, volumes::remove),
+        Endpoint::VolumePrune => on(filter, volumes::prune),
     }
 }
 

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
@@ -141,6 +142,31 @@ impl Drop for LineStream {
 /// The connection of an upgraded request: raw bytes both ways.
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
+type DataStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// The body of a [`Client::get_stream`] answer, as bytes.
+pub struct BodyReader {
+    inner: tokio_util::io::StreamReader<DataStream, Bytes>,
+    conn: JoinHandle<()>,
+}
+
+impl tokio::io::AsyncRead for BodyReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
 impl Client {
     /// A client for the daemon listening on `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> Self {
@@ -245,6 +271,76 @@ impl Client {
         Ok(TokioIo::new(io))
     }
 
+    /// `HEAD path`: the answer's headers (an error status is an error).
+    pub async fn head_request(&self, path: &str) -> Result<header::HeaderMap, ClientError> {
+        let (resp, conn) = self
+            .head(self.send(Method::HEAD, path, None, false), path)
+            .await?;
+        conn.abort();
+        let status = resp.status();
+        if !status.is_success() {
+            let message = status.canonical_reason().unwrap_or("request failed");
+            return Err(ClientError::Api {
+                status,
+                message: message.into(),
+            });
+        }
+        Ok(resp.headers().clone())
+    }
+
+    /// `GET path`, returning the answer's headers and its body as a byte stream (only
+    /// the head is subject to the timeout).
+    pub async fn get_stream(
+        &self,
+        path: &str,
+    ) -> Result<(header::HeaderMap, BodyReader), ClientError> {
+        let (resp, conn) = self
+            .head(self.send(Method::GET, path, None, false), path)
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = self.read_body(resp).await;
+            conn.abort();
+            return Err(api_error(status, &body?));
+        }
+        let headers = resp.headers().clone();
+        let stream =
+            http_body_util::BodyDataStream::new(resp.into_body()).map_err(std::io::Error::other);
+        Ok((
+            headers,
+            BodyReader {
+                inner: tokio_util::io::StreamReader::new(Box::pin(stream)),
+                conn,
+            },
+        ))
+    }
+
+    /// `PUT path` with the bytes of `body` (streamed, chunked), decoding the JSON answer
+    /// if there is one.
+    pub async fn put_stream(
+        &self,
+        path: &str,
+        body: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Result<(), ClientError> {
+        let frames = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024)
+            .map_ok(hyper::body::Frame::data);
+        let body = http_body_util::StreamBody::new(frames);
+        let whole = async {
+            let (resp, conn) = self
+                .send_body(Method::PUT, path, body, "application/x-tar", None)
+                .await?;
+            let status = resp.status();
+            let body = self.read_body(resp).await;
+            conn.abort();
+            Ok::<_, ClientError>((status, body?))
+        };
+        let (status, body) = whole.await?;
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok(())
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -303,6 +399,32 @@ impl Client {
         body: Option<Vec<u8>>,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, JoinHandle<()>), ClientError> {
+        let content_type = if body.is_some() {
+            "application/json"
+        } else {
+            ""
+        };
+        let body = Full::new(Bytes::from(body.unwrap_or_default()));
+        let upgrade = upgrade.then_some(UPGRADE_PROTOCOL);
+        self.send_body(method, path, body, content_type, upgrade)
+            .await
+    }
+
+    /// [`Client::send`] with any body, its content type (empty for none) and the
+    /// protocol to upgrade to, if any.
+    async fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        body: B,
+        content_type: &str,
+        upgrade: Option<&str>,
+    ) -> Result<(Response<Incoming>, JoinHandle<()>), ClientError>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = match UnixStream::connect(&self.socket).await {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -313,9 +435,10 @@ impl Client {
             }
             Err(e) => return Err(self.other(e)),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.other(e))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.other(e))?;
         let conn = tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("apexd connection: {e}");
@@ -326,17 +449,15 @@ impl Client {
             .uri(path)
             .header(header::HOST, "apexd")
             .header(header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
+        if !content_type.is_empty() {
+            req = req.header(header::CONTENT_TYPE, content_type);
         }
-        if upgrade {
+        if let Some(proto) = upgrade {
             req = req
                 .header(header::CONNECTION, "Upgrade")
-                .header(header::UPGRADE, UPGRADE_PROTOCOL);
+                .header(header::UPGRADE, proto);
         }
-        let req = req
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| self.other(e))?;
+        let req = req.body(body).map_err(|e| self.other(e))?;
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, conn)),
             Err(e) => {

@@ -22,10 +22,14 @@ use tokio::sync::broadcast;
 
 use crate::error::{Error, ErrorKind};
 use crate::model::{
-    ContainerSummary, CreateRequest, Created, ExecRequest, RestartPolicy, WaitResult,
+    ContainerSummary, CreateRequest, Created, ExecRequest, MountPoint, MountType, RestartPolicy,
+    WaitResult,
 };
+use crate::mounts::{self, Wanted};
 use crate::networks::{self, Networks};
 use crate::store::{ContainerConfig, ContainerRecord, ContainerState, StateStore};
+use crate::volumes::Volumes;
+use apex_runtime::fs::{Filesystem, MountSpec, Source};
 
 /// How long a new shim may take to answer on its socket.
 const SHIM_READY: Duration = Duration::from_secs(10);
@@ -39,6 +43,7 @@ pub struct Containers {
     home: PathBuf,
     store: Arc<StateStore>,
     networks: Arc<Networks>,
+    volumes: Arc<Volumes>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     create_lock: tokio::sync::Mutex<()>,
     execs: Mutex<HashMap<String, (String, ExecSpec)>>,
@@ -57,7 +62,8 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes from /dev/urandom, in lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
     use std::io::Read;
     let mut b = vec![0u8; bytes];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
@@ -113,11 +119,17 @@ fn shim_bin() -> Result<PathBuf> {
 
 impl Containers {
     /// A manager over `store`, bundles under `<home>/containers`.
-    pub fn new(home: &Path, store: Arc<StateStore>, networks: Arc<Networks>) -> Arc<Self> {
+    pub fn new(
+        home: &Path,
+        store: Arc<StateStore>,
+        networks: Arc<Networks>,
+        volumes: Arc<Volumes>,
+    ) -> Arc<Self> {
         Arc::new(Containers {
             home: home.to_path_buf(),
             store,
             networks,
+            volumes,
             locks: Mutex::default(),
             create_lock: tokio::sync::Mutex::new(()),
             execs: Mutex::default(),
@@ -135,12 +147,23 @@ impl Containers {
         &self.networks
     }
 
+    /// The volumes.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.volumes
+    }
+
     /// A container's bundle.
     pub fn bundle(&self, id: &str) -> Bundle {
         Bundle::new(apex_shim::bundle::bundle_dir(&self.home, id))
     }
 
-    fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// `$APEX_HOME`.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The lock serializing lifecycle operations on one container.
+    pub(crate) fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .expect("locks")
@@ -216,6 +239,13 @@ impl Containers {
             .unwrap_or_else(|| apex_net::ipam::DEFAULT_NETWORK.to_string());
         self.networks.check_exists(&network)?;
         networks::parse_publish(&req.publish)?;
+        let storage = req.storage_size.unwrap_or(mounts::DEFAULT_STORAGE_BYTES);
+        if storage < mounts::MIN_STORAGE_BYTES {
+            return Err(Error::bad_request(format!(
+                "storage size {storage} is too small: the writable layer needs at least {} MiB",
+                mounts::MIN_STORAGE_BYTES >> 20
+            )));
+        }
         let home = self.home.clone();
         let image = req.image.clone();
         let (rec, image_cfg) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
@@ -238,6 +268,12 @@ impl Containers {
         })
         .await
         .map_err(|e| anyhow::anyhow!("worker failed: {e}"))??;
+        let wanted = mounts::parse_all(
+            &req.volumes,
+            &req.mounts,
+            &req.tmpfs,
+            &image_cfg.volume_paths(),
+        )?;
         let home = self.home.clone();
         let rootfs = {
             let store = apex_oci::ImageStore::open(&home)?;
@@ -288,6 +324,7 @@ impl Containers {
                 image_id: rec.config_digest.to_string(),
                 network: Some(network),
                 publish: req.publish.clone(),
+                read_only_rootfs: req.read_only,
             },
             started_at: None,
             finished_at: None,
@@ -298,13 +335,138 @@ impl Containers {
             shim_pid: None,
             network: None,
             ports: vec![],
+            mounts: vec![],
         };
         let bundle = self.bundle(&id);
         std::fs::create_dir_all(bundle.dir())
             .with_context(|| format!("cannot create {}", bundle.dir().display()))?;
-        self.put(&rec)?;
+        // Nothing is left half-created: the bundle (with the disk) and the volumes this
+        // create made go again if a later step fails.
+        let undo_bundle = |e: Error| {
+            let _ = std::fs::remove_dir_all(bundle.dir());
+            e
+        };
+        if !req.read_only {
+            let disk = bundle.upper_disk();
+            tokio::task::spawn_blocking(move || {
+                apex_runtime::fs::create_upper_disk(&disk, storage)
+            })
+            .await
+            .map_err(|e| Error::internal(format!("worker failed: {e}")))
+            .and_then(|r| r.map_err(Error::from))
+            .map_err(undo_bundle)?;
+        }
+        let mut rec = rec;
+        let vols = self.volumes.lock().await;
+        let (mounts, created) = self.materialize(&wanted).map_err(undo_bundle)?;
+        rec.mounts = mounts;
+        if let Err(e) = self.put(&rec) {
+            self.volumes.discard_locked(&created);
+            return Err(undo_bundle(e));
+        }
+        drop(vols);
         tracing::info!(id = &id[..12], name, image = req.image, "container created");
         Ok(Created { id, name })
+    }
+
+    /// Makes what the mounts need (bind sources given with `-v`, volumes) and returns
+    /// the mount points with the volumes created now. The caller holds the volume lock.
+    fn materialize(&self, wanted: &[Wanted]) -> Result<(Vec<MountPoint>, Vec<String>), Error> {
+        let mut out = Vec::new();
+        let mut created = Vec::new();
+        let res = (|| {
+            for w in wanted {
+                let (name, source) = match w.kind {
+                    MountType::Bind => {
+                        let src = w.source.clone().unwrap_or_default();
+                        if w.create_source && !Path::new(&src).exists() {
+                            std::fs::create_dir_all(&src).map_err(|e| {
+                                Error::bad_request(format!(
+                                    "cannot create the bind source path {src}: {e}"
+                                ))
+                            })?;
+                        }
+                        (None, src)
+                    }
+                    MountType::Volume => {
+                        let (v, new) = self.volumes.ensure_locked(
+                            w.source.as_deref(),
+                            Default::default(),
+                            w.source.is_none(),
+                        )?;
+                        if new {
+                            created.push(v.name.clone());
+                        }
+                        let dir = self.volumes.data_dir(&v.name);
+                        (Some(v.name), dir.display().to_string())
+                    }
+                    MountType::Tmpfs => (None, String::new()),
+                };
+                out.push(MountPoint {
+                    kind: w.kind,
+                    name,
+                    source,
+                    destination: w.target.clone(),
+                    read_only: w.read_only,
+                    no_copy: w.no_copy,
+                    tmpfs_size: w.tmpfs_size,
+                    tmpfs_mode: w.tmpfs_mode,
+                    noexec: w.noexec,
+                });
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => Ok((out, created)),
+            Err(e) => {
+                self.volumes.discard_locked(&created);
+                Err(e)
+            }
+        }
+    }
+
+    /// The container's filesystem as the VM gets it: image rootfs, writable layer disk
+    /// (if it has one) and mounts with host paths.
+    pub(crate) fn filesystem(&self, rec: &ContainerRecord) -> Filesystem {
+        let disk = self.bundle(&rec.id).upper_disk();
+        let mounts = rec
+            .mounts
+            .iter()
+            .map(|m| MountSpec {
+                target: m.destination.clone(),
+                read_only: m.read_only,
+                source: match m.kind {
+                    MountType::Tmpfs => Source::Tmpfs {
+                        size_bytes: m.tmpfs_size,
+                        mode: m.tmpfs_mode,
+                        noexec: m.noexec,
+                    },
+                    MountType::Volume => {
+                        let dir = m
+                            .name
+                            .as_deref()
+                            .map(|n| self.volumes.data_dir(n))
+                            .unwrap_or_else(|| PathBuf::from(&m.source));
+                        // A volume's directory always exists while it is recorded.
+                        let _ = std::fs::create_dir_all(&dir);
+                        Source::Host {
+                            path: dir,
+                            populate: !m.no_copy,
+                        }
+                    }
+                    MountType::Bind => Source::Host {
+                        path: PathBuf::from(&m.source),
+                        populate: false,
+                    },
+                },
+            })
+            .collect();
+        Filesystem {
+            rootfs: rec.config.rootfs.clone(),
+            upper_disk: disk.exists().then_some(disk),
+            mounts,
+            read_only_root: rec.config.read_only_rootfs,
+        }
     }
 
     /// Starts a created or exited container; no-op if it runs.
@@ -332,6 +494,11 @@ impl Containers {
         let bundle = self.bundle(&rec.id);
         std::fs::create_dir_all(bundle.dir())
             .with_context(|| format!("cannot create {}", bundle.dir().display()))?;
+        // The mounts' sources must exist (a bind source may have been deleted since
+        // create): say so before anything is set up.
+        self.filesystem(&rec)
+            .plan()
+            .map_err(|e| Error::bad_request(format!("{e:#}")))?;
         // Ports first: a port in use fails the start before anything else exists.
         let specs = networks::parse_publish(&rec.config.publish)?;
         let ports = self
@@ -350,7 +517,7 @@ impl Containers {
             id: rec.id.clone(),
             name: rec.name.clone(),
             home: self.home.clone(),
-            rootfs: rec.config.rootfs.clone(),
+            fs: self.filesystem(&rec),
             hostname: rec.name.clone(),
             cpus: rec.config.cpus,
             memory_mib: rec.config.memory_mib,
@@ -616,8 +783,8 @@ impl Containers {
             .map_err(shim_err)
     }
 
-    /// `DELETE /v1/containers/{id}`.
-    pub async fn remove(&self, what: &str, force: bool) -> Result<(), Error> {
+    /// `DELETE /v1/containers/{id}`; `volumes` also removes its anonymous volumes.
+    pub async fn remove(&self, what: &str, force: bool, volumes: bool) -> Result<(), Error> {
         let rec = self.resolve(what)?;
         let lock = self.lock_of(&rec.id);
         let _g = lock.lock().await;
@@ -638,20 +805,31 @@ impl Containers {
                 }
             }
         }
-        self.remove_record(&rec).await
+        self.remove_record(&rec, volumes).await
     }
 
+    /// `--rm`: removes the container and its anonymous volumes (as Docker).
     async fn remove_locked_free(&self, rec: &ContainerRecord) -> Result<(), Error> {
         let lock = self.lock_of(&rec.id);
         let _g = lock.lock().await;
-        self.remove_record(rec).await
+        self.remove_record(rec, true).await
     }
 
-    /// Deletes the record and bundle; the container's ports, tap and address go too.
-    async fn remove_record(&self, rec: &ContainerRecord) -> Result<(), Error> {
+    /// Deletes the record and bundle (with the writable layer); the container's ports,
+    /// tap and address go too, and its anonymous volumes with `volumes`.
+    async fn remove_record(&self, rec: &ContainerRecord, volumes: bool) -> Result<(), Error> {
         let id = rec.id.as_str();
         self.networks.release(rec).await;
-        self.store.delete(id)?;
+        {
+            let _v = self.volumes.lock().await;
+            self.store.delete(id)?;
+            if volumes {
+                let names: Vec<String> = rec.mounts.iter().filter_map(|m| m.name.clone()).collect();
+                if let Err(e) = self.volumes.remove_anonymous_locked(&names) {
+                    tracing::warn!(id = &id[..12], "removing anonymous volumes: {e}");
+                }
+            }
+        }
         let _ = std::fs::remove_dir_all(self.bundle(id).dir());
         self.locks.lock().expect("locks").remove(id);
         let _ = self.changed.send(id.to_string());
@@ -664,7 +842,7 @@ impl Containers {
         let mut out = Vec::new();
         for r in self.store.list()? {
             if matches!(r.state, ContainerState::Exited | ContainerState::Created)
-                && self.remove(&r.id, false).await.is_ok()
+                && self.remove(&r.id, false, false).await.is_ok()
             {
                 out.push(r.id);
             }
@@ -728,6 +906,7 @@ impl Containers {
             user: req.user,
             tty: req.tty,
             stdin: req.stdin,
+            tool: false,
         };
         self.execs
             .lock()
@@ -995,7 +1174,8 @@ mod tests {
         store.put(&a).unwrap();
         store.put(&b).unwrap();
         let nets = Networks::user_mode(dir.path(), store.clone(), "test");
-        let c = Containers::new(dir.path(), store, nets);
+        let vols = Volumes::new(dir.path(), store.clone());
+        let c = Containers::new(dir.path(), store, nets, vols);
         assert_eq!(c.resolve(&a.id).unwrap().name, "web");
         assert_eq!(c.resolve("db").unwrap().id, b.id);
         assert_eq!(c.resolve("ab1").unwrap().name, "web");

@@ -7,7 +7,7 @@ use std::path::Path;
 pub const ACCEL_CACHE: &str = "/var/cache/apex/accel.json";
 
 /// The directories under `$APEX_HOME` that `GET /v1/system/df` reports, in order.
-pub const DF_DIRS: [&str; 4] = ["content", "rootfs", "db", "logs"];
+pub const DF_DIRS: [&str; 6] = ["content", "rootfs", "containers", "volumes", "db", "logs"];
 
 /// Bytes allocated on disk (`st_blocks * 512`, like `du`) by everything under `path`,
 /// not following symlinks; 0 if it does not exist. Unreadable entries are skipped.

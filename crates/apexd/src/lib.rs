@@ -5,21 +5,25 @@
 //! - [`client`]: the client side, HTTP/1.1 over the Unix socket (used by `apex`);
 //! - [`api`]: the v1 HTTP/JSON API ([`api::ROUTES`] is the single list of routes);
 //! - [`networks`]: networks, container addresses, DNS and published ports;
+//! - [`volumes`]: named and anonymous volumes; [`mounts`]: mount specs of a create;
 //! - [`info`]: system facts the API reports (disk usage, accelerator);
 //! - [`server`]: single-instance lock, pid file, Unix socket, graceful shutdown;
 //! - [`logging`]: the daemon log file.
 
 pub mod api;
+pub mod archive;
 pub mod client;
 pub mod containers;
 pub mod error;
 pub mod info;
 pub mod logging;
 pub mod model;
+pub mod mounts;
 pub mod networks;
 pub mod paths;
 pub mod server;
 pub mod store;
+pub mod volumes;
 
 /// The API version served under `/v1`.
 pub const API_VERSION: &str = "1";

@@ -27,6 +27,19 @@
 //!   `done` or `error`
 //! - `POST /v1/exec/{exec_id}/start` with upgrade as for attach → 101 + frames, ending
 //!   with an `Exit` frame carrying the exec'd process's exit code
+//! - `DELETE /v1/containers/{id}?force=true&volumes=true` also removes its anonymous
+//!   volumes
+//! - `HEAD /v1/containers/{id}/archive?path=P` → 200 with [`ARCHIVE_STAT_HEADER`];
+//!   `GET` the same plus a tar of `P` (its top entry named after `P`'s last component);
+//!   `PUT ...?path=DIR&owner=true` with a tar body extracts it into the directory `DIR`
+//!   (404 missing path, 400 not a directory). Stopped containers are served by a
+//!   short-lived VM on their disk.
+//! - `GET /v1/volumes` → `[VolumeInfo]`; `POST /v1/volumes` [`VolumeCreate`] → 201
+//!   [`VolumeInfo`] (an existing name answers the existing volume); `GET
+//!   /v1/volumes/{name}`; `DELETE /v1/volumes/{name}?force=true` (409 naming the
+//!   containers that use it; `force` ignores a missing volume); `POST
+//!   /v1/volumes/prune?all=true` → [`VolumePruneReport`] (unused anonymous volumes, all
+//!   unused ones with `all`)
 //!
 //! [`Message`]: crate::api::Message
 
@@ -148,7 +161,150 @@ pub struct CreateRequest {
     /// Published ports, docker syntax: `[host-ip:]host-port:container-port[/tcp|udp]`.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// `-v` specs, Docker syntax: `SRC:DST[:OPTS]` (SRC an absolute host path or a volume
+    /// name) or `DST` (an anonymous volume).
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// `--mount` specs.
+    #[serde(default)]
+    pub mounts: Vec<MountRequest>,
+    /// `--tmpfs` specs: `DST[:OPTS]` (`size=64m,mode=1777,exec,ro`).
+    #[serde(default)]
+    pub tmpfs: Vec<String>,
+    /// A read-only root filesystem (`--read-only`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Largest size of the writable layer, bytes (default
+    /// [`crate::mounts::DEFAULT_STORAGE_BYTES`]).
+    #[serde(default)]
+    pub storage_size: Option<u64>,
 }
+
+/// What a mount is (Docker's mount types).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountType {
+    /// A host path.
+    Bind,
+    /// A named or anonymous volume.
+    #[default]
+    Volume,
+    /// A tmpfs in the VM's memory.
+    Tmpfs,
+}
+
+impl std::fmt::Display for MountType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MountType::Bind => "bind",
+            MountType::Volume => "volume",
+            MountType::Tmpfs => "tmpfs",
+        })
+    }
+}
+
+/// One `--mount` (Docker's `Mount` object).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRequest {
+    /// `bind`, `volume` (the default) or `tmpfs`.
+    #[serde(rename = "type", default)]
+    pub kind: MountType,
+    /// Host path (bind), volume name (volume; none for an anonymous one), nothing (tmpfs).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Absolute path in the container.
+    #[serde(default)]
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Do not copy the image's content into a new volume (`volume-nocopy`).
+    #[serde(default)]
+    pub no_copy: bool,
+    /// tmpfs size limit, bytes.
+    #[serde(default)]
+    pub tmpfs_size: Option<u64>,
+    /// tmpfs root mode.
+    #[serde(default)]
+    pub tmpfs_mode: Option<u32>,
+}
+
+/// A container's mount as recorded (and shown by `inspect` as `mounts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPoint {
+    /// Mount type.
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    /// The volume's name (volumes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Host path: the bind source or the volume's `_data` directory (empty for tmpfs).
+    #[serde(default)]
+    pub source: String,
+    /// Path in the container.
+    pub destination: String,
+    /// Read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Image content is not copied into the volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_copy: bool,
+    /// tmpfs size limit, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<u64>,
+    /// tmpfs root mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_mode: Option<u32>,
+    /// tmpfs mounted `noexec`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub noexec: bool,
+}
+
+/// `POST /v1/volumes`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeCreate {
+    /// Name (`[a-zA-Z0-9][a-zA-Z0-9_.-]+`); a random one when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A volume, as listed and inspected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Always `local`: a directory on this host.
+    pub driver: String,
+    /// Its directory, `$APEX_HOME/volumes/<name>/_data`.
+    pub mountpoint: std::path::PathBuf,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Created for one container (`-v /path` or an image `VOLUME`); `rm -v` removes it.
+    pub anonymous: bool,
+    /// Names of the containers that use it.
+    pub containers: Vec<String>,
+}
+
+/// `POST /v1/volumes/prune`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumePruneReport {
+    /// Removed volumes.
+    pub deleted: Vec<String>,
+    /// Bytes freed.
+    pub space_reclaimed: u64,
+}
+
+/// What `GET`/`HEAD /v1/containers/{id}/archive` report about the path, in the
+/// [`ARCHIVE_STAT_HEADER`] header (base64 of this JSON).
+pub use apex_agent_proto::api::PathStat;
+
+/// Header carrying a [`PathStat`] on archive answers.
+pub const ARCHIVE_STAT_HEADER: &str = "x-apex-path-stat";
 
 /// `POST /v1/networks`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -113,6 +113,9 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
     let store = Arc::new(store);
     let networks = Networks::start(paths.home(), store.clone()).await;
     let state = AppState::with_networks(paths.clone(), store, shutdown.clone(), networks.clone());
+    if let Err(e) = state.volumes().recover() {
+        tracing::error!("recovering volumes: {e:#}");
+    }
     if let Err(e) = state.containers().recover().await {
         tracing::error!("recovering containers: {e:#}");
     }

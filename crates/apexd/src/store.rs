@@ -16,15 +16,16 @@ use serde::{Deserialize, Serialize};
 use apex_net::forward::PortSpec;
 use apex_net::ipam::NetworkState;
 
-use crate::model::RestartPolicy;
+use crate::model::{MountPoint, RestartPolicy};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 
 /// Current schema version; bump with a migration in [`StateStore::open`].
-/// 2: the `networks` table.
-pub const SCHEMA_VERSION: u64 = 2;
+/// 2: the `networks` table. 3: the `volumes` table, container mounts.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Lifecycle state of a container.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,6 +68,9 @@ pub struct ContainerConfig {
     /// Published ports as given (`[host-ip:]host-port:container-port[/proto]`).
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    pub read_only_rootfs: bool,
 }
 
 /// A container's place on its network, kept across stop/start (the address stays
@@ -136,6 +140,24 @@ pub struct ContainerRecord {
     /// Published ports as bound (real host ports) while running.
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Bind mounts, volumes and tmpfs, in mount order.
+    #[serde(default)]
+    pub mounts: Vec<MountPoint>,
+}
+
+/// A volume in the state database (its data is `volumes/<name>/_data`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeRecord {
+    /// Name.
+    pub name: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Created for one container, without a name.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 /// Whether `id` is a full container ID (64 lowercase hex characters).
@@ -161,6 +183,7 @@ impl StateStore {
         {
             tx.open_table(CONTAINERS)?;
             tx.open_table(NETWORKS)?;
+            tx.open_table(VOLUMES)?;
             migrate(&tx)?;
         }
         apex_oci::db::ensure_schema(&tx, SCHEMA_VERSION, "state database", path)?;
@@ -290,6 +313,64 @@ impl StateStore {
         Ok(Some(out))
     }
 
+    /// Inserts a volume unless one with its name exists; returns the stored one and
+    /// whether it was created now.
+    pub fn insert_volume(&self, vol: &VolumeRecord) -> Result<(VolumeRecord, bool)> {
+        let tx = self.db.begin_write()?;
+        let out = {
+            let mut table = tx.open_table(VOLUMES)?;
+            let existing = table
+                .get(vol.name.as_str())?
+                .map(|v| serde_json::from_slice::<VolumeRecord>(v.value()))
+                .transpose()
+                .with_context(|| format!("corrupt volume record {}", vol.name))?;
+            match existing {
+                Some(v) => (v, false),
+                None => {
+                    let json = serde_json::to_vec(vol)?;
+                    table.insert(vol.name.as_str(), json.as_slice())?;
+                    (vol.clone(), true)
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// The volume called `name`, if any.
+    pub fn get_volume(&self, name: &str) -> Result<Option<VolumeRecord>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(VOLUMES)?;
+        let Some(v) = table.get(name)? else {
+            return Ok(None);
+        };
+        let vol = serde_json::from_slice(v.value())
+            .with_context(|| format!("corrupt volume record {name}"))?;
+        Ok(Some(vol))
+    }
+
+    /// All volumes, ordered by name.
+    pub fn list_volumes(&self) -> Result<Vec<VolumeRecord>> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(VOLUMES)?;
+        table
+            .iter()?
+            .map(|e| {
+                let (k, v) = e?;
+                serde_json::from_slice(v.value())
+                    .with_context(|| format!("corrupt volume record {}", k.value()))
+            })
+            .collect()
+    }
+
+    /// Removes a volume record; whether it existed.
+    pub fn delete_volume(&self, name: &str) -> Result<bool> {
+        let tx = self.db.begin_write()?;
+        let existed = tx.open_table(VOLUMES)?.remove(name)?.is_some();
+        tx.commit()?;
+        Ok(existed)
+    }
+
     /// Removes a network; whether it existed.
     pub fn delete_network(&self, name: &str) -> Result<bool> {
         let tx = self.db.begin_write()?;
@@ -299,12 +380,13 @@ impl StateStore {
     }
 }
 
-/// Upgrades an older database in place. v1 -> v2 only adds the `networks` table (opened by
-/// the caller), so it just records the new version.
+/// Upgrades an older database in place. v1 -> v2 -> v3 only add tables (`networks`,
+/// `volumes`, opened by the caller) and record fields with defaults, so it just records
+/// the new version.
 fn migrate(tx: &redb::WriteTransaction) -> Result<()> {
     let mut meta = tx.open_table(META)?;
     let v = meta.get("schema_version")?.map(|g| g.value());
-    if v == Some(1) {
+    if matches!(v, Some(1 | 2)) {
         meta.insert("schema_version", SCHEMA_VERSION)?;
     }
     Ok(())
@@ -337,6 +419,7 @@ pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> Contai
             image_id: "sha256:00".into(),
             network: None,
             publish: vec![],
+            read_only_rootfs: false,
         },
         started_at: None,
         finished_at: None,
@@ -347,6 +430,7 @@ pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> Contai
         shim_pid: None,
         network: None,
         ports: vec![],
+        mounts: vec![],
     }
 }
 
@@ -432,15 +516,16 @@ mod tests {
             tx.commit().unwrap();
         }
         let s = StateStore::open(&path).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         let r = s.get(&id).unwrap().unwrap();
         assert_eq!(r, rec(3, ContainerState::Exited));
         assert!(s.list_networks().unwrap().is_empty());
+        assert!(s.list_volumes().unwrap().is_empty());
         drop(s);
         // Reopening a migrated database is a no-op.
         assert_eq!(
             StateStore::open(&path).unwrap().schema_version().unwrap(),
-            2
+            SCHEMA_VERSION
         );
     }
 
@@ -480,6 +565,29 @@ mod tests {
         assert_eq!(s.list_networks().unwrap(), vec![got]);
         assert!(s.delete_network("default").unwrap());
         assert!(!s.delete_network("default").unwrap());
+    }
+
+    #[test]
+    fn volumes_insert_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(&dir.path().join("state.redb")).unwrap();
+        let v = VolumeRecord {
+            name: "data".into(),
+            created: "2024-01-01T00:00:00Z".into(),
+            labels: [("a".to_string(), "b".to_string())].into(),
+            anonymous: false,
+        };
+        assert_eq!(s.insert_volume(&v).unwrap(), (v.clone(), true));
+        let other = VolumeRecord {
+            created: "2025-01-01T00:00:00Z".into(),
+            ..v.clone()
+        };
+        assert_eq!(s.insert_volume(&other).unwrap(), (v.clone(), false));
+        assert_eq!(s.get_volume("data").unwrap(), Some(v.clone()));
+        assert_eq!(s.list_volumes().unwrap(), vec![v]);
+        assert!(s.delete_volume("data").unwrap());
+        assert!(!s.delete_volume("data").unwrap());
+        assert_eq!(s.get_volume("data").unwrap(), None);
     }
 
     #[test]

@@ -299,6 +299,7 @@ pub fn spec(args: &[&str]) -> ProcessSpec {
         stderr_port: None,
         rootfs: None,
         rlimits: vec![],
+        agent_tool: false,
     }
 }
 

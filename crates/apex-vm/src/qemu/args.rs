@@ -1,6 +1,6 @@
 //! QEMU command line and guest kernel command line construction (pure functions).
 
-use super::{NicBackend, VmConfig, CONSOLE_LOG, VHOST_SOCK};
+use super::{virtiofs, NicBackend, VmConfig, CONSOLE_LOG, VHOST_SOCK};
 use crate::accel::Accel;
 use std::ffi::OsString;
 use std::path::Path;
@@ -94,6 +94,20 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<OsString> {
         a.push("-device".into());
         a.push(format!("virtio-blk-device,drive=disk{i},serial={}", d.id));
     }
+    for (i, sh) in cfg.shares.iter().enumerate() {
+        a.push("-chardev".into());
+        a.push(format!(
+            "socket,id={},path={}",
+            virtiofs::chardev(i),
+            esc(&virtiofs::socket(&cfg.state_dir, i))
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "vhost-user-fs-device,chardev={},tag={}",
+            virtiofs::chardev(i),
+            sh.tag
+        ));
+    }
     for n in &cfg.nics {
         a.push("-netdev".into());
         a.push(match &n.backend {
@@ -144,6 +158,7 @@ mod tests {
             accel: Accel::Tcg,
             guest_cid: 3,
             nics: vec![],
+            shares: vec![],
         }
     }
 
@@ -258,6 +273,27 @@ mod tests {
         // NICs come after the disks, before the kernel.
         let pos = |s: &str| a.iter().position(|x| x == s).unwrap();
         assert!(pos("-netdev") > pos("-drive") && pos("-netdev") < pos("-kernel"));
+    }
+
+    #[test]
+    fn share_args() {
+        use crate::qemu::{Share, ShareKind};
+        let mut c = cfg();
+        c.shares = vec![Share {
+            tag: "apexfs0".into(),
+            path: "/srv".into(),
+            kind: ShareKind::Dir,
+            read_only: true,
+        }];
+        let a = strings(qemu_args(&c, None));
+        assert_eq!(
+            after(&a, "-chardev")[2],
+            "socket,id=fs0,path=/run/apex/t1/fs0.sock"
+        );
+        assert_eq!(
+            after(&a, "-device")[3],
+            "vhost-user-fs-device,chardev=fs0,tag=apexfs0"
+        );
     }
 
     #[test]

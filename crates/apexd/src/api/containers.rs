@@ -145,6 +145,8 @@ pub(super) async fn wait(
 pub(super) struct RemoveQuery {
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    volumes: bool,
 }
 
 pub(super) async fn remove(
@@ -152,7 +154,7 @@ pub(super) async fn remove(
     Path(id): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<Message> {
-    s.containers().remove(&id, q.force).await?;
+    s.containers().remove(&id, q.force, q.volumes).await?;
     Ok(Json(Message {
         message: format!("removed {id}"),
     }))

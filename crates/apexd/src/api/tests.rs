@@ -52,6 +52,10 @@ async fn call(app: &Router, method: &str, path: &str) -> (StatusCode, serde_json
         "{method} {path}: {}",
         String::from_utf8_lossy(&body)
     );
+    if method == "HEAD" {
+        // axum drops the body of HEAD answers; the status and type still say it all.
+        return (status, serde_json::Value::Null);
+    }
     (status, serde_json::from_slice(&body).unwrap())
 }
 
@@ -79,7 +83,7 @@ fn openapi_documents_exactly_the_served_routes() {
 async fn every_route_is_served() {
     let f = fixture();
     for r in ROUTES {
-        let path = r.path.replace("{id}", "nope");
+        let path = r.path.replace("{id}", "nope").replace("{name}", "nope");
         let (status, body) = call(&f.app, r.method, &path).await;
         let msg = body["message"].as_str().unwrap_or_default();
         assert!(
