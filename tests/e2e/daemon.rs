@@ -158,7 +158,10 @@ fn start_status_version_df_stop() {
         .iter()
         .map(|e| e["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(names, ["content", "rootfs", "db", "logs"]);
+    assert_eq!(
+        names,
+        ["content", "rootfs", "containers", "volumes", "db", "logs"]
+    );
     assert!(df["total"].as_u64().unwrap() > 0, "{df}");
     let table = d.apex(&["system", "df"]);
     table.assert_ok();
@@ -239,4 +242,28 @@ fn stale_socket_after_sigkill_is_recovered() {
     assert!(alive(new));
     d.apex(&["system", "stop"]).assert_ok();
     assert!(!alive(new));
+}
+
+/// A closed stdout ends a command the way it ends `cat`: by SIGPIPE, without a panic or
+/// an error message (`apex ls | head -0`).
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = Daemon::new();
+    d.start();
+    let (rd, wr) = std::io::pipe().unwrap();
+    drop(rd);
+    let mut cmd = d.home.cmd();
+    cmd.env("APEX_DAEMON", apexd_bin())
+        .args(["ls", "-a"])
+        .stdout(wr)
+        .stderr(std::process::Stdio::piped());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.signal(), Some(13), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.apex(&["system", "stop"]).assert_ok();
 }

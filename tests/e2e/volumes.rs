@@ -629,5 +629,22 @@ fn mounts_survive_restart_policies_and_daemon_restarts() {
         ["3", "1"],
         "{out:?}"
     );
+
+    // kill -9 of the helper takes the VM and its virtiofsd along.
+    let volume_dir = e.path().join("volumes/counter/_data").display().to_string();
+    assert!(
+        !processes_mentioning(&volume_dir).is_empty(),
+        "a virtiofsd serves the volume"
+    );
+    let shim = inspect(&e, "s")["shim_pid"].as_u64().unwrap() as i32;
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(shim).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    eventually(
+        Duration::from_secs(10),
+        "virtiofsd to die with the helper",
+        || processes_mentioning(&volume_dir).is_empty().then_some(()),
+    );
     assert_nothing_left(&e.home);
 }

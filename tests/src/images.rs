@@ -546,6 +546,20 @@ pub fn busybox(dir: &Path, tag: &str, compression: Compression) -> Result<Layout
     w.single(image, tag)
 }
 
+/// The busybox image plus `/bin/fsbench` ([`crate::fsbench`]).
+pub fn fsbench(dir: &Path, tag: &str, compression: Compression) -> Result<Layout> {
+    let tmp = tempfile::tempdir()?;
+    let bin = tmp.path().join("fsbench");
+    crate::fsbench::build(&bin)?;
+    let mut t = TarBuf::new();
+    t.dir("bin/", 0o755)?;
+    t.file("bin/fsbench", 0o755, &fs::read(&bin)?)?;
+    let w = Writer::new(dir)?;
+    let layers = [(busybox_tar()?, compression), (t.finish()?, compression)];
+    let image = w.image("amd64", &layers, Flavor::Oci)?;
+    w.single(image, tag)
+}
+
 /// Content of `/data/seed` in the [`volumes`] image.
 pub const VOLUMES_SEED: &str = "seeded by the image\n";
 /// Content of `/srv/content` in the [`volumes`] image.

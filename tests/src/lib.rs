@@ -7,12 +7,14 @@
 //! - [`skopeo`]: an independent client to push, pull and inspect, to cross-check Apex;
 //! - [`env`]: registry + busybox + pulled home, ready for VM tests;
 //! - [`net`]: the same with the network test image (httpd, nslookup, a UDP/TCP echo server);
-//! - [`apex`]: helpers that run the `apex` CLI binary with an isolated `APEX_HOME`.
+//! - [`apex`]: helpers that run the `apex` CLI binary with an isolated `APEX_HOME`;
+//! - [`fsbench`]: a static filesystem benchmark for the host and containers.
 
 #![warn(missing_docs)]
 
 pub mod apex;
 pub mod env;
+pub mod fsbench;
 pub mod images;
 pub mod net;
 pub mod registry;

@@ -71,6 +71,11 @@ enum Cmd {
         #[arg(long, default_value = "gzip")]
         compression: String,
     },
+    /// Write the filesystem benchmark image (busybox and /bin/fsbench); prints its
+    /// manifest digest.
+    Fsbench { dir: PathBuf, tag: String },
+    /// Compile the static fsbench program to PATH (to run it on the host).
+    FsbenchBin { path: PathBuf },
     /// Measure TCP throughput into a `netecho sink` and the median connect + 1-byte round
     /// trip to a `netecho tcp` echo server.
     NetBench {
@@ -129,6 +134,11 @@ fn main() -> Result<()> {
             let layout = images::net(&dir, &tag, compression.parse::<Compression>()?)?;
             println!("{}", layout.manifest_digest);
         }
+        Cmd::Fsbench { dir, tag } => {
+            let layout = images::fsbench(&dir, &tag, Compression::Gzip)?;
+            println!("{}", layout.manifest_digest);
+        }
+        Cmd::FsbenchBin { path } => apex_e2e::fsbench::build(&path)?,
         Cmd::NetBench {
             echo,
             sink,
