@@ -12,29 +12,13 @@ cd "$(dirname "$0")/.."
 mib=${1:-256}
 files=${2:-5000}
 rounds=${3:-3}
-cargo build --release --quiet -p apex-cli -p apexd -p apex-shim -p apex-e2e
-bash scripts/build-guest.sh release
-bin=target/release
-work=$(mktemp -d)
-reg_pid=
-cleanup() {
-  "$bin/apex" rm -f fsb >/dev/null 2>&1 || true
-  "$bin/apex" system stop >/dev/null 2>&1 || true
-  [[ -n $reg_pid ]] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"
-}
-trap cleanup EXIT
-export APEX_HOME=$work/home
-
-coproc REG { exec "$bin/apex-fixtures" registry; }
-reg_pid=$REG_PID
-read -r host <&"${REG[0]}"
-"$bin/apex-fixtures" fsbench "$work/layout" latest >/dev/null
+source scripts/lib/bench.sh
+bench_cleanup_hook() { "$bin/apex" rm -f fsb >/dev/null 2>&1; }
+bench_start fsbench fsbench
 "$bin/apex-fixtures" fsbench-bin "$work/fsbench"
-skopeo copy --quiet --insecure-policy --dest-tls-verify=false "oci:$work/layout:latest" "docker://$host/fsbench:latest"
-"$bin/apex" image pull -q "$host/fsbench:latest" >/dev/null
 mkdir -p "$work/native" "$work/bind"
 "$bin/apex" run -d --name fsb --memory 1g -v "$work/bind:/bind" -v fsbvol:/vol \
-  "$host/fsbench:latest" sh -c 'mkdir -p /bench && exec sleep 36000' >/dev/null
+  "$image" sh -c 'mkdir -p /bench && exec sleep 36000' >/dev/null
 until "$bin/apex" exec fsb test -d /bench 2>/dev/null; do sleep 0.2; done
 
 # One measurement: prints key=value lines.
@@ -46,7 +30,6 @@ measure() { # where kind arg
     volume) "$bin/apex" exec fsb fsbench "$2" /vol "$3" ;;
   esac
 }
-median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 declare -A r
 for where in native root bind volume; do
   for key in seq_write_mibs seq_read_mibs small_ops create_ops stat_ops delete_ops; do

@@ -12,29 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mib=${1:-64}
 rounds=${2:-200}
-cargo build --release --quiet -p apex-cli -p apexd -p apex-shim -p apex-e2e
-bash scripts/build-guest.sh release
-bin=$PWD/target/release
-work=$(mktemp -d)
-reg_pid=
-cleanup() {
-  "$bin/apex" rm -f netbench >/dev/null 2>&1 || true
-  "$bin/apex" system stop >/dev/null 2>&1 || true
-  if [[ -n $reg_pid ]]; then kill "$reg_pid" 2>/dev/null || true; fi
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-export APEX_HOME=$work/home
 # Remove this home's bridge, taps and firewall elements when apexd stops.
 export APEX_NETWORK_CLEANUP=1
-
-coproc REG { exec "$bin/apex-fixtures" registry; }
-reg_pid=$REG_PID
-read -r host <&"${REG[0]}"
-"$bin/apex-fixtures" net "$work/layout" latest >/dev/null
-skopeo copy --quiet --insecure-policy --dest-tls-verify=false "oci:$work/layout:latest" "docker://$host/net:latest"
-"$bin/apex" image pull -q "$host/net:latest" >/dev/null
+source scripts/lib/bench.sh
+bench_cleanup_hook() { "$bin/apex" rm -f netbench >/dev/null 2>&1; }
+bench_start net net
 
 # Two free loopback ports (nothing listening on them right now).
 free_port() {
@@ -49,7 +31,7 @@ p_echo=$(free_port "$p_sink")
 
 "$bin/apex" run -d --name netbench \
   -p "127.0.0.1:$p_sink:9000" -p "127.0.0.1:$p_echo:7777" \
-  "$host/net:latest" sh -c 'netecho sink 9000 & exec netecho tcp 7777' >/dev/null
+  "$image" sh -c 'netecho sink 9000 & exec netecho tcp 7777' >/dev/null
 guest=$("$bin/apex" network inspect default |
   jq -r '(if type == "array" then .[0] else . end).containers[] | select(.name == "netbench") | .address')
 [[ -n $guest ]] || { echo "no address for netbench on the default network" >&2; exit 1; }

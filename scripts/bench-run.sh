@@ -6,25 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}
-cargo build --release --quiet -p apex-cli -p apexd -p apex-shim -p apex-e2e
 cargo build --release --quiet -p apex-runtime --example vm-bench
-bash scripts/build-guest.sh release
-bin=target/release
-work=$(mktemp -d)
-reg_pid=
-cleanup() {
-  "$bin/apex" system stop >/dev/null 2>&1 || true
-  [[ -n $reg_pid ]] && kill "$reg_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"
-}
-trap cleanup EXIT
-export APEX_HOME=$work/home
-
-coproc REG { exec "$bin/apex-fixtures" registry; }
-reg_pid=$REG_PID
-read -r host <&"${REG[0]}"
-"$bin/apex-fixtures" busybox "$work/layout" latest >/dev/null
-skopeo copy --quiet --insecure-policy --dest-tls-verify=false "oci:$work/layout:latest" "docker://$host/busybox:latest"
-"$bin/apex" image pull -q "$host/busybox:latest" >/dev/null
+source scripts/lib/bench.sh
+bench_start busybox busybox
 rootfs=$("$bin/apex" image inspect "$host/busybox:latest" | jq -r '.[0].RootfsImage')
 # Warm caches (initramfs, accel probe) and start apexd, which then stays up as it would
 # for a user: the timed runs go CLI -> apexd -> apex-shim -> VM.
@@ -36,7 +20,7 @@ for _ in $(seq "$runs"); do
   t0=$(now); "$bin/apex" run --rm "$host/busybox:latest" true; t1=$(now)
   times+=("$(echo "$t1 - $t0" | bc)")
 done
-run_t=$(printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+run_t=$(printf '%s\n' "${times[@]}" | median)
 
 declare -A m
 while read -r k v; do m[$k]=$v; done < <("$bin/examples/vm-bench" --rootfs "$rootfs" --runs "$runs")

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 /// The program's source.
 pub const FSBENCH_C: &str = r#"
@@ -119,23 +119,7 @@ int main(int argc, char **argv) {
 
 /// Compiles [`FSBENCH_C`] into a static binary at `out` (needs `gcc` and `libc6-dev`).
 pub fn build(out: &Path) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let src = dir.path().join("fsbench.c");
-    std::fs::write(&src, FSBENCH_C)?;
-    let res = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-o"])
-        .arg(out)
-        .arg(&src)
-        .output()
-        .context("running gcc (apt-get install gcc libc6-dev)")?;
-    if !res.status.success() {
-        bail!(
-            "gcc -static fsbench.c failed ({}): {}",
-            res.status,
-            String::from_utf8_lossy(&res.stderr)
-        );
-    }
-    Ok(())
+    crate::images::gcc_static("fsbench.c", FSBENCH_C, out)
 }
 
 #[cfg(test)]

@@ -738,9 +738,15 @@ int main(int argc, char **argv) {
 
 /// Compiles [`NETECHO_C`] into a static binary at `out` (needs `gcc` and `libc6-dev`).
 pub fn build_netecho(out: &Path) -> Result<()> {
+    gcc_static("netecho.c", NETECHO_C, out)
+}
+
+/// Compiles the C program `source` (named `name` in messages) into a static binary at
+/// `out` with `gcc -static -O2 -Wall`.
+pub fn gcc_static(name: &str, source: &str, out: &Path) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let src = dir.path().join("netecho.c");
-    fs::write(&src, NETECHO_C)?;
+    let src = dir.path().join(name);
+    fs::write(&src, source)?;
     let res = std::process::Command::new("gcc")
         .args(["-static", "-O2", "-Wall", "-o"])
         .arg(out)
@@ -749,7 +755,7 @@ pub fn build_netecho(out: &Path) -> Result<()> {
         .context("running gcc (apt-get install gcc libc6-dev)")?;
     if !res.status.success() {
         bail!(
-            "gcc -static netecho.c failed ({}): {}",
+            "gcc -static {name} failed ({}): {}",
             res.status,
             String::from_utf8_lossy(&res.stderr)
         );

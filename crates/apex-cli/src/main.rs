@@ -26,6 +26,7 @@ mod cp;
 mod daemon;
 mod format;
 mod image;
+mod many;
 mod mount_flags;
 mod network;
 mod out;

@@ -1,6 +1,5 @@
 //! `apex network`: create, list, inspect and remove networks (clients of apexd).
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,7 +10,8 @@ use clap::{Args, Subcommand};
 
 use crate::container::{enc, ApiExt};
 use crate::daemon::ensure_daemon;
-use crate::format::{self, Format};
+use crate::format::Format;
+use crate::many;
 
 #[derive(Subcommand)]
 pub enum NetworkCmd {
@@ -88,33 +88,13 @@ pub async fn run(home: &Path, cmd: NetworkCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         NetworkCmd::Ls(a) => ls(&client, a).await,
-        NetworkCmd::Inspect(a) => {
-            let mut docs = Vec::new();
-            let mut failed = false;
-            for n in &a.names {
-                match client.get::<serde_json::Value>(&npath(n)).await.api() {
-                    Ok(v) => docs.push(v),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
-            Ok(exit(failed))
-        }
+        NetworkCmd::Inspect(a) => many::inspect(&client, a.names.iter().map(|n| npath(n))).await,
         NetworkCmd::Rm(a) => {
-            let mut failed = false;
-            for n in &a.names {
-                match client.delete::<serde_json::Value>(&npath(n)).await.api() {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(exit(failed))
+            let items = a.names.into_iter().map(|n| {
+                let path = npath(&n);
+                (n, path)
+            });
+            Ok(many::remove(&client, items).await)
         }
         NetworkCmd::Prune(_) => {
             let r: PruneReport = client.post("/v1/networks/prune").await.api()?;
@@ -129,49 +109,21 @@ pub async fn run(home: &Path, cmd: NetworkCmd) -> Result<ExitCode> {
     }
 }
 
-fn exit(failed: bool) -> ExitCode {
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
 fn confirm() -> Result<bool> {
-    print!("WARNING! This will remove all networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
+    many::confirm("all networks not used by at least one container")
 }
 
 async fn ls(client: &Client, a: LsArgs) -> Result<ExitCode> {
     let list: Vec<NetworkInfo> = client.get("/v1/networks").await.api()?;
-    if a.quiet {
-        for n in &list {
-            println!("{}", n.name);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    format::table(
-        &[
-            "NAME",
-            "SUBNET",
-            "GATEWAY",
-            "BRIDGE",
-            "INTERNAL",
-            "CONTAINERS",
-        ],
-        &rows(&list),
-    );
-    Ok(ExitCode::SUCCESS)
+    let header = [
+        "NAME",
+        "SUBNET",
+        "GATEWAY",
+        "BRIDGE",
+        "INTERNAL",
+        "CONTAINERS",
+    ];
+    many::print_list(&list, a.quiet, a.format, |n| &n.name, &header, rows)
 }
 
 fn rows(list: &[NetworkInfo]) -> Vec<Vec<String>> {

@@ -1,7 +1,6 @@
 //! `apex volume`: create, list, inspect, remove and prune volumes (clients of apexd).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -13,6 +12,7 @@ use clap::{Args, Subcommand};
 use crate::container::{enc, ApiExt};
 use crate::daemon::ensure_daemon;
 use crate::format::{self, Format};
+use crate::many;
 
 #[derive(Subcommand)]
 pub enum VolumeCmd {
@@ -110,34 +110,14 @@ pub async fn run(home: &Path, cmd: VolumeCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VolumeCmd::Ls(a) => ls(&client, a).await,
-        VolumeCmd::Inspect(a) => {
-            let mut docs = Vec::new();
-            let mut failed = false;
-            for n in &a.names {
-                match client.get::<serde_json::Value>(&vpath(n)).await.api() {
-                    Ok(v) => docs.push(v),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            println!("{}", serde_json::to_string_pretty(&docs)?);
-            Ok(exit(failed))
-        }
+        VolumeCmd::Inspect(a) => many::inspect(&client, a.names.iter().map(|n| vpath(n))).await,
         VolumeCmd::Rm(a) => {
-            let mut failed = false;
-            for n in &a.names {
-                let path = format!("{}?force={}", vpath(n), a.force);
-                match client.delete::<serde_json::Value>(&path).await.api() {
-                    Ok(_) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("Error: {e:#}");
-                        failed = true;
-                    }
-                }
-            }
-            Ok(exit(failed))
+            let force = a.force;
+            let items = a.names.into_iter().map(|n| {
+                let path = format!("{}?force={force}", vpath(&n));
+                (n, path)
+            });
+            Ok(many::remove(&client, items).await)
         }
         VolumeCmd::Prune(a) => {
             let path = format!("/v1/volumes/prune?all={}", a.all);
@@ -155,44 +135,18 @@ pub async fn run(home: &Path, cmd: VolumeCmd) -> Result<ExitCode> {
     }
 }
 
-fn exit(failed: bool) -> ExitCode {
-    if failed {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
 fn confirm(all: bool) -> Result<bool> {
-    let what = if all {
+    many::confirm(if all {
         "all local volumes not used by at least one container"
     } else {
         "anonymous local volumes not used by at least one container"
-    };
-    print!("WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ");
-    std::io::stdout().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
+    })
 }
 
 async fn ls(client: &Client, a: LsArgs) -> Result<ExitCode> {
     let list: Vec<VolumeInfo> = client.get("/v1/volumes").await.api()?;
-    if a.quiet {
-        for v in &list {
-            println!("{}", v.name);
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    if a.format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    format::table(&["DRIVER", "VOLUME NAME", "CONTAINERS"], &rows(&list));
-    Ok(ExitCode::SUCCESS)
+    let header = ["DRIVER", "VOLUME NAME", "CONTAINERS"];
+    many::print_list(&list, a.quiet, a.format, |v| &v.name, &header, rows)
 }
 
 fn rows(list: &[VolumeInfo]) -> Vec<Vec<String>> {
