@@ -380,6 +380,11 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Every stored image with its canonical names.
+    pub fn resolve_all(&self) -> Result<Vec<(ImageRecord, Vec<String>)>> {
+        self.db()?.list()
+    }
+
     /// The image config (JSON) of a stored image.
     pub fn config_json(&self, rec: &ImageRecord) -> Result<serde_json::Value> {
         Ok(serde_json::from_slice(

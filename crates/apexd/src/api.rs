@@ -6,20 +6,20 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::containers::Containers;
 use crate::info;
+pub use crate::model::{DirUsage, DiskUsage, Message, SystemStatus, VersionInfo};
 use crate::networks::Networks;
 use crate::paths::Paths;
+use crate::services::Services;
 use crate::store::StateStore;
 use crate::volumes::Volumes;
 
@@ -167,98 +167,9 @@ pub const ROUTES: &[Route] = &[
     Route::new("DELETE", "/v1/volumes/{name}", Endpoint::VolumeRemove),
 ];
 
-/// `GET /v1/version`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct VersionInfo {
-    /// Daemon version.
-    pub version: String,
-    /// API version ([`crate::API_VERSION`]).
-    pub api_version: String,
-    /// Host OS (`linux`).
-    pub os: String,
-    /// Host architecture (`x86_64`, `aarch64`).
-    pub arch: String,
-}
-
-impl VersionInfo {
-    /// This build's version.
-    pub fn current() -> Self {
-        VersionInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            api_version: crate::API_VERSION.into(),
-            os: std::env::consts::OS.into(),
-            arch: std::env::consts::ARCH.into(),
-        }
-    }
-}
-
-/// `GET /v1/system/status`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SystemStatus {
-    /// Daemon pid.
-    pub pid: u32,
-    /// Seconds since the daemon started.
-    pub uptime_s: u64,
-    /// `$APEX_HOME`.
-    pub home: PathBuf,
-    /// Number of containers in the state database.
-    pub containers: u64,
-    /// Number of local images.
-    pub images: u64,
-    /// `kvm`, `tcg` or `unknown` (no probe cached yet).
-    pub accelerator: String,
-    /// `bridge` (a bridge per network, container names resolve) or `user` (QEMU user-mode
-    /// networking: outbound and published ports only).
-    #[serde(default)]
-    pub network_mode: String,
-    /// Why user mode is used (absent in bridge mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_reason: Option<String>,
-    /// The host DNS server (`127.0.0.1:PORT`) answering `<name>.test`; empty if none.
-    #[serde(default)]
-    pub dns: String,
-}
-
-/// One directory of `GET /v1/system/df`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DirUsage {
-    /// `content`, `rootfs`, `db` or `logs`.
-    pub name: String,
-    /// Absolute path.
-    pub path: PathBuf,
-    /// Bytes allocated on disk.
-    pub bytes: u64,
-}
-
-/// `GET /v1/system/df`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DiskUsage {
-    /// Per directory.
-    pub dirs: Vec<DirUsage>,
-    /// Sum of `dirs`.
-    pub total: u64,
-}
-
-/// Every error body; also `POST /v1/system/shutdown`'s answer.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Message {
-    /// Human-readable, one line.
-    pub message: String,
-}
-
-/// Shared by all handlers.
+/// Shared by all handlers: the service layer.
 #[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    paths: Paths,
-    started: Instant,
-    store: Arc<StateStore>,
-    containers: Arc<Containers>,
-    networks: Arc<Networks>,
-    shutdown: Arc<Notify>,
-    accel_cache: PathBuf,
-}
+pub struct AppState(Arc<Services>);
 
 impl AppState {
     /// State for a daemon serving `paths` without host networking (user mode); `shutdown`
@@ -276,54 +187,32 @@ impl AppState {
         accel_cache: PathBuf,
     ) -> Self {
         let networks = Networks::user_mode(paths.home(), store.clone(), "test");
-        Self::build(paths, store, shutdown, accel_cache, networks)
+        AppState(Services::new(paths, store, shutdown, accel_cache, networks))
     }
 
-    /// State for a daemon serving `paths` with `networks` (see [`Networks::start`]).
-    pub fn with_networks(
-        paths: Paths,
-        store: Arc<StateStore>,
-        shutdown: Arc<Notify>,
-        networks: Arc<Networks>,
-    ) -> Self {
-        Self::build(paths, store, shutdown, info::ACCEL_CACHE.into(), networks)
+    /// The state over existing services.
+    pub fn from_services(services: Arc<Services>) -> Self {
+        AppState(services)
     }
 
-    fn build(
-        paths: Paths,
-        store: Arc<StateStore>,
-        shutdown: Arc<Notify>,
-        accel_cache: PathBuf,
-        networks: Arc<Networks>,
-    ) -> Self {
-        let volumes = Volumes::new(paths.home(), store.clone());
-        let containers = Containers::new(paths.home(), store.clone(), networks.clone(), volumes);
-        AppState(Arc::new(Inner {
-            containers,
-            networks,
-            paths,
-            started: Instant::now(),
-            store,
-            shutdown,
-            accel_cache,
-        }))
+    /// The services.
+    pub fn services(&self) -> &Arc<Services> {
+        &self.0
     }
-}
 
-impl AppState {
     /// The container manager.
     pub fn containers(&self) -> &Arc<Containers> {
-        &self.0.containers
+        self.0.containers()
     }
 
     /// The networks.
     pub fn networks(&self) -> &Arc<Networks> {
-        &self.0.networks
+        self.0.networks()
     }
 
     /// The volumes.
     pub fn volumes(&self) -> &Arc<Volumes> {
-        self.0.containers.volumes()
+        self.0.volumes()
     }
 }
 
@@ -469,58 +358,20 @@ async fn version() -> Json<VersionInfo> {
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<SystemStatus> {
-    let home = s.0.paths.home().to_path_buf();
-    let images = blocking(move || Ok(apex_oci::ImageStore::open(&home)?.list()?.len())).await?;
-    let accel_cache = s.0.accel_cache.clone();
-    let accelerator = blocking(move || Ok(info::accelerator(&accel_cache))).await?;
-    let (mode, reason) = s.0.networks.mode();
-    Ok(Json(SystemStatus {
-        network_mode: mode.into(),
-        network_reason: reason,
-        dns: s
-            .0
-            .networks
-            .host_dns()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        pid: std::process::id(),
-        uptime_s: s.0.started.elapsed().as_secs(),
-        home: s.0.paths.home().to_path_buf(),
-        containers: s.0.store.count()?,
-        images: images as u64,
-        accelerator,
-    }))
+    Ok(Json(s.0.status().await?))
 }
 
 async fn disk_usage(State(s): State<AppState>) -> ApiResult<DiskUsage> {
-    let home = s.0.paths.home().to_path_buf();
-    let dirs = blocking(move || {
-        Ok(info::DF_DIRS
-            .iter()
-            .map(|name| {
-                let path = home.join(name);
-                DirUsage {
-                    name: (*name).into(),
-                    bytes: info::disk_usage(&path),
-                    path,
-                }
-            })
-            .collect::<Vec<_>>())
-    })
-    .await?;
-    let total = dirs.iter().map(|d| d.bytes).sum();
-    Ok(Json(DiskUsage { dirs, total }))
+    Ok(Json(s.0.disk_usage().await?))
 }
 
 async fn images(State(s): State<AppState>) -> ApiResult<Vec<apex_oci::store::ImageSummary>> {
-    let home = s.0.paths.home().to_path_buf();
-    let list = blocking(move || apex_oci::ImageStore::open(&home)?.list()).await?;
-    Ok(Json(list))
+    Ok(Json(s.0.images().list().await?))
 }
 
 async fn shutdown(State(s): State<AppState>) -> (StatusCode, Json<Message>) {
     tracing::info!("shutdown requested over the API");
-    s.0.shutdown.notify_one();
+    s.0.request_shutdown();
     let body = Message {
         message: "shutting down".into(),
     };
@@ -538,19 +389,6 @@ fn ndjson(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
         .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
         .body(axum::body::Body::from_stream(stream))
         .expect("valid response")
-}
-
-/// Runs blocking file or database work off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("worker failed: {e}"),
-        )),
-    }
 }
 
 #[cfg(test)]

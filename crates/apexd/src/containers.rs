@@ -21,6 +21,7 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, ErrorKind};
+use crate::events::{EventKind, Events};
 use crate::model::{
     ContainerSummary, CreateRequest, Created, ExecRequest, MountPoint, MountType, RestartPolicy,
     WaitResult,
@@ -44,6 +45,7 @@ pub struct Containers {
     store: Arc<StateStore>,
     networks: Arc<Networks>,
     volumes: Arc<Volumes>,
+    events: Arc<Events>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     create_lock: tokio::sync::Mutex<()>,
     execs: Mutex<HashMap<String, (String, ExecSpec)>>,
@@ -124,12 +126,14 @@ impl Containers {
         store: Arc<StateStore>,
         networks: Arc<Networks>,
         volumes: Arc<Volumes>,
+        events: Arc<Events>,
     ) -> Arc<Self> {
         Arc::new(Containers {
             home: home.to_path_buf(),
             store,
             networks,
             volumes,
+            events,
             locks: Mutex::default(),
             create_lock: tokio::sync::Mutex::new(()),
             execs: Mutex::default(),
@@ -150,6 +154,15 @@ impl Containers {
     /// The volumes.
     pub fn volumes(&self) -> &Arc<Volumes> {
         &self.volumes
+    }
+
+    /// Emits a container event with the container's name and image (and `extra`).
+    fn event(&self, rec: &ContainerRecord, action: &str, extra: &[(&'static str, String)]) {
+        let attrs = [("name", rec.name.clone()), ("image", rec.image.clone())]
+            .into_iter()
+            .chain(extra.iter().cloned());
+        self.events
+            .emit(EventKind::Container, action, rec.id.clone(), attrs);
     }
 
     /// A container's bundle.
@@ -366,6 +379,7 @@ impl Containers {
         }
         drop(vols);
         tracing::info!(id = &id[..12], name, image = req.image, "container created");
+        self.event(&rec, "create", &[]);
         Ok(Created { id, name })
     }
 
@@ -557,6 +571,7 @@ impl Containers {
         rec.ports = ports;
         self.put(&rec)?;
         self.networks.register(&rec);
+        self.event(&rec, "start", &[]);
         tracing::info!(
             id = &rec.id[..12],
             shim_pid = pid,
@@ -687,6 +702,7 @@ impl Containers {
             reason = ?rec.exit_reason,
             "container exited"
         );
+        self.event(&rec, "die", &[("exitCode", exit.exit_code.to_string())]);
         if rec.config.auto_remove {
             drop(g);
             let _ = self.remove_locked_free(&rec).await;
@@ -764,6 +780,8 @@ impl Containers {
         rec.finished_at = Some(now());
         rec.shim_pid = None;
         self.put(&rec)?;
+        self.event(&rec, "die", &[("exitCode", exit.exit_code.to_string())]);
+        self.event(&rec, "stop", &[]);
         Ok(rec)
     }
 
@@ -778,6 +796,7 @@ impl Containers {
         }
         rec.stopped_by_user = true;
         self.put(&rec)?;
+        self.event(&rec, "kill", &[("signal", signal.to_string())]);
         proto::request::<()>(&self.bundle(&id).socket(), &Request::Kill { signal })
             .await
             .map_err(shim_err)
@@ -834,6 +853,7 @@ impl Containers {
         self.locks.lock().expect("locks").remove(id);
         let _ = self.changed.send(id.to_string());
         tracing::info!(id = &id[..12], "container removed");
+        self.event(rec, "destroy", &[]);
         Ok(())
     }
 
@@ -1174,8 +1194,9 @@ mod tests {
         store.put(&a).unwrap();
         store.put(&b).unwrap();
         let nets = Networks::user_mode(dir.path(), store.clone(), "test");
-        let vols = Volumes::new(dir.path(), store.clone());
-        let c = Containers::new(dir.path(), store, nets, vols);
+        let events = Arc::new(Events::default());
+        let vols = Volumes::new(dir.path(), store.clone(), events.clone());
+        let c = Containers::new(dir.path(), store, nets, vols, events);
         assert_eq!(c.resolve(&a.id).unwrap().name, "web");
         assert_eq!(c.resolve("db").unwrap().id, b.id);
         assert_eq!(c.resolve("ab1").unwrap().name, "web");

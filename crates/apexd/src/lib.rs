@@ -15,6 +15,8 @@ pub mod archive;
 pub mod client;
 pub mod containers;
 pub mod error;
+pub mod events;
+pub mod images;
 pub mod info;
 pub mod logging;
 pub mod model;
@@ -22,6 +24,7 @@ pub mod mounts;
 pub mod networks;
 pub mod paths;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod volumes;
 

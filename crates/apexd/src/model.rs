@@ -43,9 +43,94 @@
 //!
 //! [`Message`]: crate::api::Message
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 pub use crate::store::{ContainerRecord, ContainerState};
+
+/// `GET /v1/version`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Daemon version.
+    pub version: String,
+    /// API version ([`crate::API_VERSION`]).
+    pub api_version: String,
+    /// Host OS (`linux`).
+    pub os: String,
+    /// Host architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+}
+
+impl VersionInfo {
+    /// This build's version.
+    pub fn current() -> Self {
+        VersionInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            api_version: crate::API_VERSION.into(),
+            os: std::env::consts::OS.into(),
+            arch: std::env::consts::ARCH.into(),
+        }
+    }
+}
+
+/// `GET /v1/system/status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SystemStatus {
+    /// Daemon pid.
+    pub pid: u32,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// `$APEX_HOME`.
+    pub home: PathBuf,
+    /// Number of containers in the state database.
+    pub containers: u64,
+    /// Number of local images.
+    pub images: u64,
+    /// `kvm`, `tcg` or `unknown` (no probe cached yet).
+    pub accelerator: String,
+    /// `bridge` (a bridge per network, container names resolve) or `user` (QEMU user-mode
+    /// networking: outbound and published ports only).
+    #[serde(default)]
+    pub network_mode: String,
+    /// Why user mode is used (absent in bridge mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_reason: Option<String>,
+    /// The host DNS server (`127.0.0.1:PORT`) answering `<name>.test`; empty if none.
+    #[serde(default)]
+    pub dns: String,
+    /// `DOCKER_HOST` for docker clients (`unix://$APEX_HOME/run/docker.sock`); empty if
+    /// the Docker API is not served.
+    #[serde(default)]
+    pub docker_host: String,
+}
+
+/// One directory of `GET /v1/system/df`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirUsage {
+    /// A directory of `$APEX_HOME` (see [`crate::info::DF_DIRS`]).
+    pub name: String,
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Bytes allocated on disk.
+    pub bytes: u64,
+}
+
+/// `GET /v1/system/df`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskUsage {
+    /// Per directory.
+    pub dirs: Vec<DirUsage>,
+    /// Sum of `dirs`.
+    pub total: u64,
+}
+
+/// Every error body; also `POST /v1/system/shutdown`'s answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    /// Human-readable, one line.
+    pub message: String,
+}
 
 /// `--restart` policy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

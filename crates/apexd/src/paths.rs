@@ -29,6 +29,11 @@ impl Paths {
         self.run_dir().join("apex.sock")
     }
 
+    /// The Docker Engine API socket.
+    pub fn docker_socket(&self) -> PathBuf {
+        self.run_dir().join("docker.sock")
+    }
+
     /// The pid of the serving daemon.
     pub fn pid_file(&self) -> PathBuf {
         self.run_dir().join("apexd.pid")

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::api::{self, AppState};
 use crate::networks::Networks;
 use crate::paths::Paths;
+use crate::services::Services;
 use crate::store::StateStore;
 
 /// How long in-flight requests get to finish once shutdown starts.
@@ -112,7 +113,14 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
     let shutdown = Arc::new(Notify::new());
     let store = Arc::new(store);
     let networks = Networks::start(paths.home(), store.clone()).await;
-    let state = AppState::with_networks(paths.clone(), store, shutdown.clone(), networks.clone());
+    let services = Services::new(
+        paths.clone(),
+        store,
+        shutdown.clone(),
+        crate::info::ACCEL_CACHE.into(),
+        networks.clone(),
+    );
+    let state = AppState::from_services(services.clone());
     if let Err(e) = state.volumes().recover() {
         tracing::error!("recovering volumes: {e:#}");
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::error::{Error, Result};
+use crate::events::{EventKind, Events};
 use crate::model::{MountType, VolumeCreate, VolumeInfo, VolumePruneReport};
 use crate::mounts::{bad_volume_name, valid_volume_name};
 use crate::store::{StateStore, VolumeRecord};
@@ -23,6 +24,7 @@ use crate::store::{StateStore, VolumeRecord};
 pub struct Volumes {
     root: PathBuf,
     store: Arc<StateStore>,
+    events: Arc<Events>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -41,10 +43,11 @@ fn no_such_volume(name: &str) -> Error {
 
 impl Volumes {
     /// The volumes of `home` (directories under `home/volumes`).
-    pub fn new(home: &Path, store: Arc<StateStore>) -> Arc<Self> {
+    pub fn new(home: &Path, store: Arc<StateStore>, events: Arc<Events>) -> Arc<Self> {
         Arc::new(Volumes {
             root: home.join("volumes"),
             store,
+            events,
             lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -118,6 +121,12 @@ impl Volumes {
         };
         let out = self.store.insert_volume(&rec)?;
         tracing::info!(volume = rec.name, anonymous, "volume created");
+        self.events.emit(
+            EventKind::Volume,
+            "create",
+            rec.name.clone(),
+            [("driver", "local".into())],
+        );
         Ok(out)
     }
 
@@ -184,6 +193,12 @@ impl Volumes {
             }
         }
         tracing::info!(volume = name, "volume removed");
+        self.events.emit(
+            EventKind::Volume,
+            "destroy",
+            name.to_string(),
+            [("driver", "local".into())],
+        );
         Ok(bytes)
     }
 
@@ -262,7 +277,7 @@ mod tests {
     fn setup() -> (tempfile::TempDir, Arc<StateStore>, Arc<Volumes>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(StateStore::open(&dir.path().join("db/state.redb")).unwrap());
-        let v = Volumes::new(dir.path(), store.clone());
+        let v = Volumes::new(dir.path(), store.clone(), Arc::new(Events::default()));
         (dir, store, v)
     }
 

@@ -85,14 +85,10 @@ pub(super) async fn pull(
         })),
         no_unpack: false,
     };
-    let home = s.0.paths.home().to_path_buf();
+    let images = s.services().images().clone();
     let reference = req.reference.clone();
     tokio::spawn(async move {
-        let res = async {
-            let store = apex_oci::ImageStore::open(&home)?;
-            store.pull(&reference, opts).await
-        }
-        .await;
+        let res = images.pull(&reference, opts).await;
         let last = match res {
             Ok(r) => {
                 tracing::info!(reference, "pulled");
@@ -103,9 +99,9 @@ pub(super) async fn pull(
                 }
             }
             Err(e) => {
-                tracing::warn!(reference, "pull failed: {e:#}");
+                tracing::warn!(reference, "pull failed: {e}");
                 PullEvent::Error {
-                    message: format!("{e:#}"),
+                    message: e.to_string(),
                 }
             }
         };
