@@ -110,6 +110,9 @@ async fn status(client: &Client, fmt: Format) -> Result<()> {
     if !s.dns.is_empty() {
         println!("dns:          {}", s.dns);
     }
+    if !s.docker_host.is_empty() {
+        println!("docker:       DOCKER_HOST={}", s.docker_host);
+    }
     Ok(())
 }
 
@@ -215,6 +218,7 @@ mod tests {
             network_mode: mode.into(),
             network_reason: reason.map(Into::into),
             dns: dns.into(),
+            docker_host: String::new(),
         }
     }
 
