@@ -11,7 +11,7 @@ use apex_oci::store::PullOptions;
 use apex_oci::ImageStore;
 use apex_shim::stream::Exit;
 use apexd::client::{Client, ClientError};
-use apexd::model::{ContainerRecord, CreateRequest, Created, RestartPolicy};
+use apexd::model::{ContainerRecord, CreateRequest, Created, HealthConfig, RestartPolicy};
 use clap::Args;
 use hyper::Method;
 
@@ -95,6 +95,57 @@ pub struct CreateArgs {
     /// Size limit of the writable layer: `size=20G` (default 10G; a sparse disk).
     #[arg(long = "storage-opt", value_name = "size=SIZE", value_parser = crate::mount_flags::parse_storage_opt)]
     pub storage_opt: Option<u64>,
+    /// Set a label (`key=value`). Repeatable.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Container hostname (default: its name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Expose a port (`80`, `53/udp`). Repeatable.
+    #[arg(long = "expose", value_name = "PORT[/PROTO]")]
+    pub expose: Vec<String>,
+    /// Publish every exposed port on a free host port.
+    #[arg(short = 'P', long)]
+    pub publish_all: bool,
+    /// Signal that stops the container (default SIGTERM or the image's).
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before killing (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout: Option<u64>,
+    /// Healthcheck command, run with `/bin/sh -c` in the container.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (`30s`, `1m`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ns)]
+    pub health_interval: Option<i64>,
+    /// Time a health check may take.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ns)]
+    pub health_timeout: Option<i64>,
+    /// Failed checks in a row that make the container unhealthy.
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<i64>,
+    /// Grace period after start when failed checks do not count.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ns)]
+    pub health_start_period: Option<i64>,
+    /// Disable the image's healthcheck.
+    #[arg(long)]
+    pub no_healthcheck: bool,
+    /// Run a small init as PID 1 that forwards signals and reaps processes.
+    #[arg(long)]
+    pub init: bool,
+    /// Add an /etc/hosts entry (`name:ip`). Repeatable.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
+    /// DNS server instead of the network's. Repeatable.
+    #[arg(long = "dns", value_name = "IP")]
+    pub dns: Vec<String>,
+    /// Another name for the container on its network. Repeatable.
+    #[arg(long = "network-alias", value_name = "NAME")]
+    pub network_alias: Vec<String>,
+    /// Mount the volumes of another container (`NAME[:ro|rw]`). Repeatable.
+    #[arg(long = "volumes-from", value_name = "CONTAINER")]
+    pub volumes_from: Vec<String>,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no", value_parser = parse_restart)]
     pub restart: RestartPolicy,
@@ -125,6 +176,65 @@ pub struct RunArgs {
 
 fn parse_restart(s: &str) -> Result<RestartPolicy, String> {
     s.parse()
+}
+
+/// The healthcheck the flags ask for (`None`: the image's).
+fn healthcheck(a: &CreateArgs) -> Option<HealthConfig> {
+    if a.no_healthcheck {
+        return Some(HealthConfig {
+            test: vec!["NONE".into()],
+            ..Default::default()
+        });
+    }
+    let any = a.health_cmd.is_some()
+        || a.health_interval.is_some()
+        || a.health_timeout.is_some()
+        || a.health_retries.is_some()
+        || a.health_start_period.is_some();
+    any.then(|| HealthConfig {
+        test: a
+            .health_cmd
+            .as_ref()
+            .map(|c| vec!["CMD-SHELL".to_string(), c.clone()])
+            .unwrap_or_default(),
+        interval: a.health_interval.unwrap_or(0),
+        timeout: a.health_timeout.unwrap_or(0),
+        retries: a.health_retries.unwrap_or(0),
+        start_period: a.health_start_period.unwrap_or(0),
+        start_interval: 0,
+    })
+}
+
+/// Parses a Go-style duration (`30s`, `1m30s`, `500ms`, `2h`) into nanoseconds.
+pub fn parse_duration_ns(s: &str) -> Result<i64, String> {
+    let bad = || format!("invalid duration {s:?}: use e.g. 30s, 1m30s or 500ms");
+    let mut total: f64 = 0.0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let n: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let mult = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += n * mult;
+        rest = &rest[unit_end..];
+    }
+    Ok(total as i64)
 }
 
 /// Parses `256m`, `1g`, `512MiB`, or bytes into MiB.
@@ -200,7 +310,13 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         image: a.image.clone(),
         name: a.name.clone(),
         command: a.command.clone(),
-        entrypoint: a.entrypoint.clone(),
+        entrypoint: a.entrypoint.as_ref().map(|e| {
+            if e.is_empty() {
+                vec![]
+            } else {
+                vec![e.clone()]
+            }
+        }),
         env: resolve_env(&a.env, &a.env_file, |k| std::env::var(k).ok())?,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
@@ -222,6 +338,26 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         tmpfs: a.tmpfs.clone(),
         read_only: a.read_only,
         storage_size: a.storage_opt,
+        labels: a
+            .labels
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        hostname: a.hostname.clone(),
+        exposed_ports: a.expose.clone(),
+        publish_all: a.publish_all,
+        stop_signal: a.stop_signal.clone(),
+        stop_timeout: a.stop_timeout,
+        healthcheck: healthcheck(a),
+        init: a.init,
+        extra_hosts: a.add_host.clone(),
+        dns: a.dns.clone(),
+        aliases: a.network_alias.clone(),
+        volumes_from: a.volumes_from.clone(),
+        ..Default::default()
     };
     let client = client.with_timeout(Some(CREATE_TIMEOUT));
     match client.post_json("/v1/containers", &req).await {
@@ -393,6 +529,17 @@ async fn remove(client: &Client, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_like_go() {
+        assert_eq!(parse_duration_ns("30s"), Ok(30_000_000_000));
+        assert_eq!(parse_duration_ns("1m30s"), Ok(90_000_000_000));
+        assert_eq!(parse_duration_ns("500ms"), Ok(500_000_000));
+        assert_eq!(parse_duration_ns("1.5s"), Ok(1_500_000_000));
+        assert!(parse_duration_ns("10").is_err());
+        assert!(parse_duration_ns("3x").is_err());
+        assert!(parse_duration_ns("").is_err());
+    }
 
     #[test]
     fn memory_sizes() {

@@ -31,6 +31,42 @@ pub struct ImageProcessConfig {
     /// `VOLUME`s: paths that get an anonymous volume (a map to empty objects).
     #[serde(default)]
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    /// `EXPOSE`d ports (`"80/tcp": {}`).
+    #[serde(default)]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    /// `LABEL`s.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `STOPSIGNAL`.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// `HEALTHCHECK`.
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
+}
+
+/// A healthcheck (Docker's `HealthConfig`; durations in nanoseconds, 0 = default).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthConfig {
+    /// `["NONE"]`, `["CMD", args...]` or `["CMD-SHELL", command]`; empty inherits.
+    #[serde(default)]
+    pub test: Vec<String>,
+    /// Time between checks (default 30 s).
+    #[serde(default)]
+    pub interval: i64,
+    /// Time a check may take (default 30 s).
+    #[serde(default)]
+    pub timeout: i64,
+    /// Failures in a row that make the container unhealthy (default 3).
+    #[serde(default)]
+    pub retries: i64,
+    /// Grace period after start when failures do not count (default 0).
+    #[serde(default)]
+    pub start_period: i64,
+    /// Time between checks during the start period (default 5 s).
+    #[serde(default)]
+    pub start_interval: i64,
 }
 
 impl ImageProcessConfig {
@@ -56,8 +92,8 @@ impl ImageProcessConfig {
 /// `apex run` flags that override the image.
 #[derive(Debug, Default, Clone)]
 pub struct RunOverrides {
-    /// `--entrypoint` (empty string clears the image's).
-    pub entrypoint: Option<String>,
+    /// `--entrypoint` (an empty list clears the image's).
+    pub entrypoint: Option<Vec<String>>,
     /// Arguments after the image name.
     pub command: Vec<String>,
     /// `-e KEY=value` or `-e KEY` (taken from the caller's environment).
@@ -75,7 +111,7 @@ pub struct RunOverrides {
 }
 
 /// The resolved process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSpec {
     /// argv; `args[0]` is looked up in `PATH` by the guest.
     pub args: Vec<String>,
@@ -127,18 +163,13 @@ pub fn parse_env_file(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Merges image config and flags. `lookup` reads the caller's environment for `-e KEY`.
-pub fn resolve(
-    image: &ImageProcessConfig,
-    o: &RunOverrides,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<ProcessSpec> {
+/// The entrypoint and cmd a container runs, with docker's rules: a command replaces the
+/// image's cmd, and `--entrypoint` replaces the entrypoint and resets the cmd.
+pub fn split_command(image: &ImageProcessConfig, o: &RunOverrides) -> (Vec<String>, Vec<String>) {
     let entrypoint: Vec<String> = match &o.entrypoint {
-        Some(e) if e.is_empty() => vec![],
-        Some(e) => vec![e.clone()],
+        Some(e) => e.clone(),
         None => image.entrypoint.clone().unwrap_or_default(),
     };
-    // docker: --entrypoint resets the image's Cmd.
     let cmd: Vec<String> = if !o.command.is_empty() {
         o.command.clone()
     } else if o.entrypoint.is_some() {
@@ -146,6 +177,16 @@ pub fn resolve(
     } else {
         image.cmd.clone().unwrap_or_default()
     };
+    (entrypoint, cmd)
+}
+
+/// Merges image config and flags. `lookup` reads the caller's environment for `-e KEY`.
+pub fn resolve(
+    image: &ImageProcessConfig,
+    o: &RunOverrides,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<ProcessSpec> {
+    let (entrypoint, cmd) = split_command(image, o);
     let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
     if args.is_empty() {
         bail!("no command specified: the image has no entrypoint or cmd; give a command after the image name");
@@ -218,7 +259,7 @@ mod tests {
             env: Some(vec!["PATH=/bin".into(), "A=1".into()]),
             working_dir: Some("/srv".into()),
             user: Some("app".into()),
-            volumes: None,
+            ..Default::default()
         }
     }
 
@@ -239,12 +280,12 @@ mod tests {
         };
         assert_eq!(resolve(&img(), &o, |_| None).unwrap().args, ["/entry", "x"]);
         let o = RunOverrides {
-            entrypoint: Some("/other".into()),
+            entrypoint: Some(vec!["/other".into()]),
             ..Default::default()
         };
         assert_eq!(resolve(&img(), &o, |_| None).unwrap().args, ["/other"]);
         let o = RunOverrides {
-            entrypoint: Some(String::new()),
+            entrypoint: Some(vec![]),
             command: vec!["sh".into(), "-c".into(), "true".into()],
             ..Default::default()
         };

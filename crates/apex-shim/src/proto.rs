@@ -33,10 +33,13 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
-    /// SIGTERM, then SIGKILL after `timeout_s` (the VM goes with it).
+    /// `signal` (default SIGTERM), then SIGKILL after `timeout_s` (the VM goes with it).
     Stop {
         /// Grace period in seconds.
         timeout_s: u64,
+        /// The stop signal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
     },
     /// Block until the main process exits.
     Wait,

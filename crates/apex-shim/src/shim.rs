@@ -377,8 +377,8 @@ async fn handle(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
             let r = kill(&shim, signal).await;
             answer(&mut conn, r).await?
         }
-        Request::Stop { timeout_s } => {
-            let r = stop(&shim, timeout_s).await;
+        Request::Stop { timeout_s, signal } => {
+            let r = stop(&shim, timeout_s, signal.unwrap_or(15)).await;
             answer(&mut conn, r).await?
         }
         Request::Stats => {
@@ -414,13 +414,13 @@ async fn kill(shim: &Shim, signal: i32) -> Response {
     }
 }
 
-async fn stop(shim: &Shim, timeout_s: u64) -> Response {
+async fn stop(shim: &Shim, timeout_s: u64, signal: i32) -> Response {
     let mut rx = shim.status.subscribe();
     if shim.phase() == Phase::Exited {
         let exit = shim.status.borrow().exit.clone();
         return Response::ok(&exit);
     }
-    let _ = kill(shim, 15).await;
+    let _ = kill(shim, signal).await;
     let exited = |rx: &mut watch::Receiver<Status>, t: Duration| {
         let mut rx = rx.clone();
         async move {
@@ -430,7 +430,7 @@ async fn stop(shim: &Shim, timeout_s: u64) -> Response {
         }
     };
     if !exited(&mut rx, Duration::from_secs(timeout_s)).await {
-        tracing::info!("no exit {timeout_s}s after SIGTERM; killing");
+        tracing::info!("no exit {timeout_s}s after signal {signal}; killing");
         let _ = kill(shim, 9).await;
         if !exited(&mut rx, Duration::from_secs(2)).await {
             shim.abort_with(Exit {

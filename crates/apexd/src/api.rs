@@ -283,7 +283,8 @@ mod containers;
 mod networks;
 mod pull;
 mod volumes;
-pub use containers::{parse_signal, UPGRADE_PROTOCOL};
+pub use crate::containers::parse_signal;
+pub use containers::UPGRADE_PROTOCOL;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 

@@ -23,8 +23,8 @@ use tokio::sync::broadcast;
 use crate::error::{Error, ErrorKind};
 use crate::events::{EventKind, Events};
 use crate::model::{
-    ContainerSummary, CreateRequest, Created, ExecRequest, MountPoint, MountType, RestartPolicy,
-    WaitResult,
+    ContainerSummary, CreateRequest, Created, ExecRequest, HealthConfig, MountPoint, MountType,
+    RestartPolicy, WaitResult,
 };
 use crate::mounts::{self, Wanted};
 use crate::networks::{self, Networks};
@@ -72,6 +72,38 @@ pub fn random_hex(bytes: usize) -> String {
         let _ = f.read_exact(&mut b);
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let up = s.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "ILL" => 4,
+        "TRAP" => 5,
+        "ABRT" => 6,
+        "BUS" => 7,
+        "FPE" => 8,
+        "KILL" => 9,
+        "USR1" => 10,
+        "SEGV" => 11,
+        "USR2" => 12,
+        "PIPE" => 13,
+        "ALRM" => 14,
+        "TERM" => 15,
+        "CHLD" => 17,
+        "CONT" => 18,
+        "STOP" => 19,
+        "TSTP" => 20,
+        "WINCH" => 28,
+        _ => return None,
+    })
 }
 
 /// Docker's name rule: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
@@ -281,12 +313,13 @@ impl Containers {
         })
         .await
         .map_err(|e| anyhow::anyhow!("worker failed: {e}"))??;
-        let wanted = mounts::parse_all(
+        let mut wanted = mounts::parse_all(
             &req.volumes,
             &req.mounts,
             &req.tmpfs,
             &image_cfg.volume_paths(),
         )?;
+        self.add_volumes_from(&req.volumes_from, &mut wanted)?;
         let home = self.home.clone();
         let rootfs = {
             let store = apex_oci::ImageStore::open(&home)?;
@@ -307,6 +340,11 @@ impl Containers {
             Some(n) => n.clone(),
             None => generated_name(&taken),
         };
+        let hostname = match &req.hostname {
+            Some(h) if !h.is_empty() => h.clone(),
+            _ if req.hostname_id => id[..12].to_string(),
+            _ => name.clone(),
+        };
         let overrides = RunOverrides {
             entrypoint: req.entrypoint.clone(),
             command: req.command.clone(),
@@ -315,10 +353,56 @@ impl Containers {
             workdir: req.workdir.clone(),
             user: req.user.clone(),
             tty: req.tty,
-            hostname: Some(name.clone()),
+            hostname: Some(hostname.clone()),
         };
         let process = spec::resolve(&image_cfg, &overrides, |_| None)
             .map_err(|e| Error::new(ErrorKind::BadRequest, format!("{e:#}")))?;
+        let (entrypoint, cmd) = spec::split_command(&image_cfg, &overrides);
+        let mut labels = image_cfg.labels.clone().unwrap_or_default();
+        labels.extend(req.labels.clone());
+        let mut exposed_ports: Vec<String> = image_cfg
+            .exposed_ports
+            .as_ref()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        for p in &req.exposed_ports {
+            let p = if p.contains('/') {
+                p.clone()
+            } else {
+                format!("{p}/tcp")
+            };
+            if !exposed_ports.contains(&p) {
+                exposed_ports.push(p);
+            }
+        }
+        let healthcheck = match (&req.healthcheck, &image_cfg.healthcheck) {
+            (Some(h), Some(img)) if h.test.is_empty() => Some(HealthConfig {
+                test: img.test.clone(),
+                ..h.clone()
+            }),
+            (Some(h), _) => Some(h.clone()),
+            (None, img) => img.clone(),
+        }
+        .filter(|h| !h.test.is_empty() && h.test[0] != "NONE");
+        let stop_signal = req
+            .stop_signal
+            .clone()
+            .or_else(|| image_cfg.stop_signal.clone())
+            .filter(|s| !s.is_empty());
+        if let Some(sig) = &stop_signal {
+            if parse_signal(sig).is_none() {
+                return Err(Error::bad_request(format!("invalid stop signal {sig:?}")));
+            }
+        }
+        for h in &req.extra_hosts {
+            if h.split_once(':')
+                .is_none_or(|(n, ip)| n.is_empty() || ip.is_empty())
+            {
+                return Err(Error::bad_request(format!(
+                    "invalid extra host {h:?}: use name:ip"
+                )));
+            }
+        }
         let rec = ContainerRecord {
             id: id.clone(),
             name: name.clone(),
@@ -338,6 +422,23 @@ impl Containers {
                 network: Some(network),
                 publish: req.publish.clone(),
                 read_only_rootfs: req.read_only,
+                entrypoint,
+                cmd,
+                labels,
+                hostname,
+                domainname: req.domainname.clone().unwrap_or_default(),
+                exposed_ports,
+                publish_all: req.publish_all,
+                stop_signal,
+                stop_timeout: req.stop_timeout,
+                healthcheck,
+                init: req.init,
+                extra_hosts: req.extra_hosts.clone(),
+                dns: req.dns.clone(),
+                dns_search: req.dns_search.clone(),
+                dns_options: req.dns_options.clone(),
+                aliases: req.aliases.clone(),
+                stdin_once: false,
             },
             started_at: None,
             finished_at: None,
@@ -381,6 +482,36 @@ impl Containers {
         tracing::info!(id = &id[..12], name, image = req.image, "container created");
         self.event(&rec, "create", &[]);
         Ok(Created { id, name })
+    }
+
+    /// `--volumes-from NAME[:ro|rw]`: the bind mounts and volumes of other containers,
+    /// at the same paths (unless this one mounts something there already).
+    fn add_volumes_from(&self, from: &[String], wanted: &mut Vec<Wanted>) -> Result<(), Error> {
+        for spec in from {
+            let (name, mode) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+            let ro = match mode {
+                "" | "rw" => None,
+                "ro" => Some(true),
+                m => {
+                    return Err(Error::bad_request(format!(
+                        "invalid mode {m:?} in --volumes-from {spec}: use ro or rw"
+                    )))
+                }
+            };
+            let other = self.resolve(name)?;
+            for m in other.mounts.iter().filter(|m| m.kind != MountType::Tmpfs) {
+                if wanted.iter().any(|w| w.target == m.destination) {
+                    continue;
+                }
+                let mut w = mounts::Wanted::from_mount_point(m);
+                if let Some(ro) = ro {
+                    w.read_only = ro;
+                }
+                wanted.push(w);
+            }
+        }
+        wanted.sort_by_key(|w| w.target.matches('/').count());
+        Ok(())
     }
 
     /// Makes what the mounts need (bind sources given with `-v`, volumes) and returns
@@ -514,7 +645,7 @@ impl Containers {
             .plan()
             .map_err(|e| Error::bad_request(format!("{e:#}")))?;
         // Ports first: a port in use fails the start before anything else exists.
-        let specs = networks::parse_publish(&rec.config.publish)?;
+        let specs = networks::parse_publish(&publish_specs(&rec))?;
         let ports = self
             .networks
             .publish(&rec.id, &specs, &bundle.socket())
@@ -532,7 +663,11 @@ impl Containers {
             name: rec.name.clone(),
             home: self.home.clone(),
             fs: self.filesystem(&rec),
-            hostname: rec.name.clone(),
+            hostname: if rec.config.hostname.is_empty() {
+                rec.name.clone()
+            } else {
+                rec.config.hostname.clone()
+            },
             cpus: rec.config.cpus,
             memory_mib: rec.config.memory_mib,
             boot_timeout_s: rec.config.boot_timeout_s,
@@ -744,8 +879,9 @@ impl Containers {
         }
     }
 
-    /// `POST .../stop`: SIGTERM, then SIGKILL after `timeout_s`.
-    pub async fn stop(&self, what: &str, timeout_s: u64) -> Result<ContainerRecord, Error> {
+    /// `POST .../stop`: the stop signal (default SIGTERM), then SIGKILL after
+    /// `timeout_s` (default: the container's stop timeout, else 10 s).
+    pub async fn stop(&self, what: &str, timeout_s: Option<u64>) -> Result<ContainerRecord, Error> {
         let id = self.resolve(what)?.id;
         let lock = self.lock_of(&id);
         let _g = lock.lock().await;
@@ -760,7 +896,9 @@ impl Containers {
         }
         self.put(&rec)?;
         let sock = self.bundle(&id).socket();
-        let res = proto::request::<Option<Exit>>(&sock, &Request::Stop { timeout_s }).await;
+        let timeout_s = timeout_s.or(rec.config.stop_timeout).unwrap_or(10);
+        let signal = rec.config.stop_signal.as_deref().and_then(parse_signal);
+        let res = proto::request::<Option<Exit>>(&sock, &Request::Stop { timeout_s, signal }).await;
         let exit = match res {
             Ok(Some(e)) => e,
             _ => self.bundle(&id).read_exit().unwrap_or(Exit {
@@ -1044,6 +1182,27 @@ async fn wait_running(bundle: &Bundle, timeout: Duration) -> Option<Exit> {
     }
 }
 
+/// The ports to publish: those given, and with `publish_all` every exposed port not
+/// among them (on a free host port).
+fn publish_specs(rec: &ContainerRecord) -> Vec<String> {
+    let mut out = rec.config.publish.clone();
+    if rec.config.publish_all {
+        let given = networks::parse_publish(&out).unwrap_or_default();
+        for p in &rec.config.exposed_ports {
+            let Ok(spec) = p.parse::<apex_net::forward::PortSpec>() else {
+                continue;
+            };
+            let covered = given
+                .iter()
+                .any(|g| g.container_port == spec.container_port && g.protocol == spec.protocol);
+            if !covered {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Whether the restart policy restarts this just-exited container.
 fn should_restart(rec: &ContainerRecord) -> bool {
     match rec.config.restart {
@@ -1143,6 +1302,16 @@ fn human_duration(d: chrono::TimeDelta) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Some(15));
+        assert_eq!(parse_signal("sigkill"), Some(9));
+        assert_eq!(parse_signal("SIGUSR1"), Some(10));
+        assert_eq!(parse_signal("2"), Some(2));
+        assert_eq!(parse_signal("0"), None);
+        assert_eq!(parse_signal("NOPE"), None);
+    }
 
     #[test]
     fn names() {

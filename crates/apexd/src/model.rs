@@ -207,9 +207,9 @@ pub struct CreateRequest {
     /// Command (replaces the image's cmd).
     #[serde(default)]
     pub command: Vec<String>,
-    /// Entrypoint override.
+    /// Entrypoint override (an empty list clears the image's).
     #[serde(default)]
-    pub entrypoint: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
     /// `KEY=value`, already resolved by the client (env files included).
     #[serde(default)]
     pub env: Vec<String>,
@@ -263,7 +263,57 @@ pub struct CreateRequest {
     /// [`crate::mounts::DEFAULT_STORAGE_BYTES`]).
     #[serde(default)]
     pub storage_size: Option<u64>,
+    /// Labels (merged over the image's).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Hostname (default: the container's name, or its short id with `hostname_id`).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Default the hostname to the 12-character id, as Docker does.
+    #[serde(default)]
+    pub hostname_id: bool,
+    /// Domain name.
+    #[serde(default)]
+    pub domainname: Option<String>,
+    /// Exposed ports (`80/tcp`), added to the image's.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// Publish every exposed port on a free host port (`-P`).
+    #[serde(default)]
+    pub publish_all: bool,
+    /// Signal that stops the container (default the image's, else `SIGTERM`).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before killing (default 10).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    /// Healthcheck (default the image's).
+    #[serde(default)]
+    pub healthcheck: Option<HealthConfig>,
+    /// Run a small reaping init as PID 1 in front of the command (`--init`).
+    #[serde(default)]
+    pub init: bool,
+    /// Extra `/etc/hosts` entries: `name:ip`.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    /// DNS servers instead of the network's.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// DNS search domains.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// DNS resolver options.
+    #[serde(default)]
+    pub dns_options: Vec<String>,
+    /// More names the container answers to on its network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Containers whose mounts this one gets too (`NAME[:ro|rw]`).
+    #[serde(default)]
+    pub volumes_from: Vec<String>,
 }
+
+pub use apex_runtime::spec::HealthConfig;
 
 /// What a mount is (Docker's mount types).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

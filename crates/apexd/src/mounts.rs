@@ -39,6 +39,23 @@ pub struct Wanted {
 }
 
 impl Wanted {
+    /// The same mount as an existing container's (`--volumes-from`).
+    pub fn from_mount_point(m: &crate::model::MountPoint) -> Self {
+        let source = match m.kind {
+            MountType::Bind => Some(m.source.clone()),
+            MountType::Volume => m.name.clone(),
+            MountType::Tmpfs => None,
+        };
+        Wanted {
+            read_only: m.read_only,
+            no_copy: m.no_copy,
+            tmpfs_size: m.tmpfs_size,
+            tmpfs_mode: m.tmpfs_mode,
+            noexec: m.noexec,
+            ..Wanted::new(m.kind, source, m.destination.clone())
+        }
+    }
+
     fn new(kind: MountType, source: Option<String>, target: String) -> Self {
         Wanted {
             kind,

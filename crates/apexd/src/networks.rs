@@ -952,7 +952,7 @@ impl Networks {
                         mac,
                         backend: NicBackend::User,
                     }],
-                    guest: guest_network(&g),
+                    guest: Self::customize(rec, guest_network(&g)),
                 }))
             }
             Mode::Bridge { nl, .. } => {
@@ -1001,10 +1001,38 @@ impl Networks {
                         mac,
                         backend: NicBackend::Tap { ifname: tap },
                     }],
-                    guest: guest_network(&g),
+                    guest: Self::customize(rec, guest_network(&g)),
                 }))
             }
         }
+    }
+
+    /// The guest network configuration of `rec` with its own settings applied: DNS
+    /// servers, search domains and options instead of the network's, extra hosts.
+    fn customize(rec: &ContainerRecord, mut g: api::SetNetwork) -> api::SetNetwork {
+        let c = &rec.config;
+        if !c.dns.is_empty() {
+            g.dns.nameservers = c.dns.clone();
+        }
+        g.dns.search.extend(c.dns_search.iter().cloned());
+        g.dns.options.extend(c.dns_options.iter().cloned());
+        for h in &c.extra_hosts {
+            if let Some((name, ip)) = h.split_once(':') {
+                let ip = if ip == "host-gateway" {
+                    g.routes
+                        .iter()
+                        .find_map(|r| r.gateway.clone())
+                        .unwrap_or_else(|| ip.to_string())
+                } else {
+                    ip.to_string()
+                };
+                g.hosts.push(api::HostEntry {
+                    ip,
+                    names: vec![name.to_string()],
+                });
+            }
+        }
+        g
     }
 
     /// Makes a running container resolvable by name on its network.
@@ -1019,7 +1047,10 @@ impl Networks {
             &a.network,
             Endpoint {
                 id: rec.id.clone(),
-                names: vec![rec.name.clone(), rec.id[..12.min(rec.id.len())].to_string()],
+                names: [rec.name.clone(), rec.id[..12.min(rec.id.len())].to_string()]
+                    .into_iter()
+                    .chain(rec.config.aliases.iter().cloned())
+                    .collect(),
                 addr,
             },
         );

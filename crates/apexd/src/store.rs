@@ -42,7 +42,7 @@ pub enum ContainerState {
 }
 
 /// How a container runs, fixed at create time.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ContainerConfig {
     /// The main process (image config merged with the create request).
     pub process: ProcessSpec,
@@ -71,6 +71,57 @@ pub struct ContainerConfig {
     /// Read-only root filesystem.
     #[serde(default)]
     pub read_only_rootfs: bool,
+    /// The resolved entrypoint (`process.args` is it followed by `cmd`).
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    /// The resolved cmd.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Labels (the image's, then the create request's).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Guest hostname.
+    #[serde(default)]
+    pub hostname: String,
+    /// Domain name.
+    #[serde(default)]
+    pub domainname: String,
+    /// Exposed ports (`80/tcp`).
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// Publish every exposed port on a free host port.
+    #[serde(default)]
+    pub publish_all: bool,
+    /// Stop signal (name or number).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+    /// Seconds `stop` waits before killing.
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    /// Healthcheck, if any.
+    #[serde(default)]
+    pub healthcheck: Option<crate::model::HealthConfig>,
+    /// A reaping init runs as PID 1 in front of the process.
+    #[serde(default)]
+    pub init: bool,
+    /// Extra `/etc/hosts` entries (`name:ip`).
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
+    /// DNS servers instead of the network's.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// DNS search domains.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// DNS options.
+    #[serde(default)]
+    pub dns_options: Vec<String>,
+    /// More DNS names on its network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Keep stdin open only until the first attached client detaches.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// A container's place on its network, kept across stop/start (the address stays
@@ -420,6 +471,7 @@ pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> Contai
             network: None,
             publish: vec![],
             read_only_rootfs: false,
+            ..Default::default()
         },
         started_at: None,
         finished_at: None,

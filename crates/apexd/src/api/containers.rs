@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio::net::UnixStream;
 
 use super::{ApiError, ApiResult, AppState, Message};
+use crate::containers::parse_signal;
 use crate::model::{
     ContainerRecord, ContainerState, ContainerSummary, CreateRequest, Created, ExecRequest,
     PruneReport, WaitResult,
@@ -67,9 +68,7 @@ pub(super) async fn stop(
     Path(id): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> ApiResult<ContainerRecord> {
-    Ok(Json(
-        s.containers().stop(&id, q.timeout.unwrap_or(10)).await?,
-    ))
+    Ok(Json(s.containers().stop(&id, q.timeout).await?))
 }
 
 pub(super) async fn restart(
@@ -78,45 +77,13 @@ pub(super) async fn restart(
     Query(q): Query<StopQuery>,
 ) -> ApiResult<ContainerRecord> {
     let c = s.containers();
-    c.stop(&id, q.timeout.unwrap_or(10)).await?;
+    c.stop(&id, q.timeout).await?;
     Ok(Json(c.start(&id, false).await?))
 }
 
 #[derive(Deserialize)]
 pub(super) struct KillQuery {
     signal: Option<String>,
-}
-
-/// Parses `TERM`, `SIGTERM`, `sigterm` or `15`.
-pub fn parse_signal(s: &str) -> Option<i32> {
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let up = s.to_ascii_uppercase();
-    let name = up.strip_prefix("SIG").unwrap_or(&up);
-    Some(match name {
-        "HUP" => 1,
-        "INT" => 2,
-        "QUIT" => 3,
-        "ILL" => 4,
-        "TRAP" => 5,
-        "ABRT" => 6,
-        "BUS" => 7,
-        "FPE" => 8,
-        "KILL" => 9,
-        "USR1" => 10,
-        "SEGV" => 11,
-        "USR2" => 12,
-        "PIPE" => 13,
-        "ALRM" => 14,
-        "TERM" => 15,
-        "CHLD" => 17,
-        "CONT" => 18,
-        "STOP" => 19,
-        "TSTP" => 20,
-        "WINCH" => 28,
-        _ => return None,
-    })
 }
 
 pub(super) async fn kill(
@@ -346,14 +313,4 @@ pub(super) async fn exec_start(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signals() {
-        assert_eq!(parse_signal("TERM"), Some(15));
-        assert_eq!(parse_signal("sigkill"), Some(9));
-        assert_eq!(parse_signal("SIGUSR1"), Some(10));
-        assert_eq!(parse_signal("2"), Some(2));
-        assert_eq!(parse_signal("0"), None);
-        assert_eq!(parse_signal("NOPE"), None);
-    }
 }
