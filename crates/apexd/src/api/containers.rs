@@ -309,8 +309,3 @@ pub(super) async fn exec_start(
     let shim = s.containers().exec_start(&id).await?;
     Ok(splice(req, shim))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
