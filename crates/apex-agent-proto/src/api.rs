@@ -416,6 +416,9 @@ pub mod tools {
     pub const ARCHIVE_PUT: &str = "archive-put";
     /// `stat PATH`: prints the [`PathStat`](super::PathStat) of `PATH` as JSON.
     pub const STAT: &str = "stat";
+    /// `ps`: prints one [`ProcessInfo`](super::ProcessInfo) JSON line per process of the
+    /// container.
+    pub const PS: &str = "ps";
     /// `archive-put` option: keep the tar's owners.
     pub const OPT_OWNER: &str = "--owner";
     /// `archive-put` option: refuse to replace a directory by a non-directory or back.
@@ -428,6 +431,25 @@ pub mod tools {
     pub const EXIT_NOT_FOUND: i32 = 3;
     /// Exit code: the path is not a directory (`archive-put`).
     pub const EXIT_NOT_DIR: i32 = 4;
+}
+
+/// A process, as the `ps` tool reports it (`ps -ef` columns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// User name (or uid).
+    pub user: String,
+    /// Process id.
+    pub pid: u32,
+    /// Parent's process id.
+    pub ppid: u32,
+    /// Start time (`HH:MM`).
+    pub stime: String,
+    /// Terminal (`?` for none).
+    pub tty: String,
+    /// CPU time (`HH:MM:SS`).
+    pub time: String,
+    /// Command line.
+    pub cmd: String,
 }
 
 /// A file's metadata, as the `stat` and `archive-get` tools report it.

@@ -587,17 +587,7 @@ async fn logs(client: &Client, a: LogsArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `2026-11-24T18:00:00.123456789Z`: UTC, always nine fraction digits (docker's
-/// RFC3339Nano, fixed width); unparsable times are shown as they are.
-pub fn log_timestamp(t: &str) -> String {
-    match chrono::DateTime::parse_from_rfc3339(t) {
-        Ok(d) => d
-            .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%dT%H:%M:%S%.9fZ")
-            .to_string(),
-        Err(_) => t.to_string(),
-    }
-}
+pub use apexd::containers::log_timestamp;
 
 /// One line of `apex stats`.
 #[derive(Clone, Debug, PartialEq, Serialize)]

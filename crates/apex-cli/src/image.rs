@@ -190,6 +190,7 @@ pub async fn run(home: &Path, cmd: ImageCmd) -> Result<()> {
                     &reference,
                     connect.options(),
                     progress::bars(quiet, "Pushing"),
+                    None,
                 )
                 .await?;
             if !quiet {
@@ -213,6 +214,7 @@ async fn pull(store: &ImageStore, a: PullArgs) -> Result<()> {
         connect: a.connect.options(),
         progress: progress::bars(a.quiet, "Pulling"),
         no_unpack: a.no_unpack,
+        credentials: None,
     };
     let rep = store.pull(&a.reference, opts).await?;
     if a.quiet {

@@ -82,6 +82,7 @@ pub async fn run(home: &Path, cmd: NetworkCmd) -> Result<ExitCode> {
                 name: a.name,
                 subnet: a.subnet,
                 internal: a.internal,
+                labels: Default::default(),
             };
             let n: NetworkInfo = client.post_json("/v1/networks", &req).await.api()?;
             println!("{}", n.name);
@@ -196,6 +197,7 @@ mod tests {
             internal: false,
             created: String::new(),
             containers: vec![],
+            labels: Default::default(),
         };
         assert_eq!(
             rows(&[n]),

@@ -374,6 +374,7 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         connect: a.connect.options(),
         progress: progress::bars(a.quiet, "Pulling"),
         no_unpack: false,
+        credentials: None,
     };
     store.pull(&a.image, opts).await?;
     drop(store);

@@ -7,7 +7,7 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use apex_agent_proto::api::{tools, PathStat};
+use apex_agent_proto::api::{tools, PathStat, ProcessInfo};
 
 /// Filesystems never archived when a copy walks into them (they are views of the kernel,
 /// not files of the container): proc, sysfs, cgroup2, devpts.
@@ -22,6 +22,7 @@ pub fn run(args: &[String]) -> i32 {
             out.write_all(b"\n")
         }),
         [name, path] if name == tools::ARCHIVE_GET => archive_get(path),
+        [name] if name == tools::PS => ps(),
         [name, rest @ ..] if name == tools::ARCHIVE_PUT && !rest.is_empty() => {
             let (opts, dir) = rest.split_at(rest.len() - 1);
             let owner = opts.iter().any(|o| o == tools::OPT_OWNER);
@@ -38,7 +39,7 @@ pub fn run(args: &[String]) -> i32 {
             archive_put(&dir[0], owner, no_clobber)
         }
         _ => {
-            eprintln!("usage: apex-init tool (stat PATH | archive-get PATH | archive-put [--owner] [--no-overwrite-dir-non-dir] DIR)");
+            eprintln!("usage: apex-init tool (stat PATH | archive-get PATH | archive-put [--owner] [--no-overwrite-dir-non-dir] DIR | ps)");
             return tools::EXIT_USAGE;
         }
     };
@@ -140,6 +141,105 @@ fn append<W: Write>(b: &mut tar::Builder<W>, src: &Path, name: &Path, dir: bool)
     Ok(())
 }
 
+/// User names by uid, from the container's `/etc/passwd`.
+fn user_names() -> std::collections::HashMap<u32, String> {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((f.get(2)?.parse().ok()?, f.first()?.to_string()))
+        })
+        .collect()
+}
+
+/// One line of `/proc/PID/stat` split after the command: (ppid, tty_nr, utime+stime,
+/// starttime), in the kernel's units.
+fn stat_fields(stat: &str) -> Option<(u32, i64, u64, u64)> {
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after the command start at 3 (state): ppid 4, tty_nr 7, utime 14,
+    // stime 15, starttime 22.
+    let get = |n: usize| f.get(n - 3).copied();
+    Some((
+        get(4)?.parse().ok()?,
+        get(7)?.parse().ok()?,
+        get(14)?.parse::<u64>().ok()? + get(15)?.parse::<u64>().ok()?,
+        get(22)?.parse().ok()?,
+    ))
+}
+
+/// The container's processes, `ps -ef` style: the agent itself and kernel threads are
+/// left out.
+fn ps() -> io::Result<()> {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        .unwrap_or(0);
+    let users = user_names();
+    let me = std::process::id();
+    let mut out = io::stdout().lock();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue;
+        };
+        let Some((ppid, tty, cpu, start)) = stat_fields(&stat) else {
+            continue;
+        };
+        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        // Kernel threads have no command line; pid 1 outside a container namespace is
+        // the agent, and this process is the tool itself.
+        if cmdline.is_empty() || pid == me || (pid == 1 && ppid == 0 && is_agent(&dir)) {
+            continue;
+        }
+        let cmd = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let uid = std::fs::metadata(&dir).map(|m| m.uid()).unwrap_or(0);
+        let started = btime + start / hz;
+        let secs = cpu / hz;
+        let info = ProcessInfo {
+            user: users.get(&uid).cloned().unwrap_or_else(|| uid.to_string()),
+            pid,
+            ppid,
+            stime: hh_mm(started),
+            tty: if tty == 0 {
+                "?".into()
+            } else {
+                format!("pts/{}", (tty & 0xff) | ((tty >> 12) & 0xfff00))
+            },
+            time: format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
+            cmd,
+        };
+        serde_json::to_writer(&mut out, &info)?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Whether `/proc/PID` is apex-init itself (its executable is the agent's).
+fn is_agent(dir: &Path) -> bool {
+    std::fs::read_link(dir.join("exe"))
+        .map(|p| p == Path::new("/init") || p.ends_with("apex-init"))
+        .unwrap_or(true)
+}
+
+/// `HH:MM` (UTC) of a Unix time.
+fn hh_mm(t: u64) -> String {
+    format!("{:02}:{:02}", t / 3600 % 24, t / 60 % 60)
+}
+
 fn archive_put(dir: &str, owner: bool, no_clobber: bool) -> io::Result<()> {
     let d = clean(dir);
     let meta =
@@ -194,6 +294,14 @@ fn archive_put(dir: &str, owner: bool, no_clobber: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_stat_fields() {
+        let line =
+            "42 (sh -c x) S 1 42 42 34816 42 4194304 100 0 0 0 7 3 0 0 20 0 1 0 1234 1000 100";
+        assert_eq!(stat_fields(line), Some((1, 34816, 10, 1234)));
+        assert_eq!(hh_mm(3600 * 25 + 61), "01:01");
+    }
 
     #[test]
     fn paths_clean_lexically() {

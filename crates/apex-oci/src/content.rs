@@ -63,6 +63,14 @@ impl ContentStore {
         Ok(data)
     }
 
+    /// The first `n` bytes of a blob (fewer if it is shorter).
+    pub fn read_head(&self, d: &Digest, n: usize) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let mut buf = Vec::with_capacity(n);
+        self.open_blob(d)?.take(n as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
     /// Opens a blob for streaming reads.
     pub fn open_blob(&self, d: &Digest) -> Result<File> {
         File::open(self.path(d)).with_context(|| format!("opening blob {d}"))

@@ -68,6 +68,23 @@ impl ImageRef {
         }
     }
 
+    /// The same repository and tag or digest on another registry host (a mirror).
+    pub fn on_registry(&self, host: &str) -> Self {
+        let inner = match (self.inner.digest(), self.inner.tag()) {
+            (Some(d), _) => Reference::with_digest(
+                host.to_string(),
+                self.repository().to_string(),
+                d.to_string(),
+            ),
+            (None, tag) => Reference::with_tag(
+                host.to_string(),
+                self.repository().to_string(),
+                tag.unwrap_or("latest").to_string(),
+            ),
+        };
+        ImageRef { inner }
+    }
+
     /// Same repository with another tag.
     pub fn with_tag(&self, tag: &str) -> Self {
         ImageRef {

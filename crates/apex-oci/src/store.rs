@@ -77,6 +77,9 @@ pub struct PullOptions {
     pub progress: Option<ProgressFn>,
     /// Skip building the rootfs image.
     pub no_unpack: bool,
+    /// Credentials for this pull instead of the stored ones (Docker's
+    /// `X-Registry-Auth`).
+    pub credentials: Option<Credentials>,
 }
 
 /// What a pull did.
@@ -117,6 +120,29 @@ pub struct Config {
     /// Registries (host[:port]) that may be used over plain HTTP.
     #[serde(default)]
     pub insecure_registries: Vec<String>,
+    /// Mirrors tried in order for `docker.io` images before docker.io itself
+    /// (`https://mirror.example`, `http://127.0.0.1:5000`, or `host:port`), the key
+    /// Docker's `daemon.json` uses.
+    #[serde(default)]
+    pub registry_mirrors: Vec<String>,
+}
+
+impl Config {
+    /// The mirrors as `(host[:port], plain_http)`.
+    pub fn mirrors(&self) -> Vec<(String, bool)> {
+        self.registry_mirrors
+            .iter()
+            .filter_map(|m| {
+                let m = m.trim().trim_end_matches('/');
+                let (host, http) = match m.split_once("://") {
+                    Some(("http", h)) => (h, true),
+                    Some((_, h)) => (h, false),
+                    None => (m, false),
+                };
+                (!host.is_empty()).then(|| (host.to_string(), http))
+            })
+            .collect()
+    }
 }
 
 /// The image store of one Apex home.
@@ -194,6 +220,18 @@ impl ImageStore {
         self.auth.get(registry)
     }
 
+    /// Verifies credentials without storing them (Docker's `/auth`).
+    pub async fn check_login(
+        &self,
+        registry: &str,
+        creds: Credentials,
+        opts: ConnectOptions,
+    ) -> Result<()> {
+        let probe = ImageRef::parse(&format!("{registry}/apex/login-check"))?;
+        let client = RegistryClient::connect(&probe, Some(creds), &self.connect_opts(opts)).await?;
+        client.check_login(&probe).await
+    }
+
     /// Verifies and stores credentials (`apex registry login`).
     pub async fn login(
         &self,
@@ -223,10 +261,7 @@ impl ImageStore {
             }
         };
         let t0 = Instant::now();
-        let creds = self.auth.get(r.registry())?;
-        let client =
-            RegistryClient::connect(&r, creds, &self.connect_opts(opts.connect.clone())).await?;
-        let (raw, digest) = client.manifest(&r).await?;
+        let (src, client, (raw, digest)) = self.resolve_source(&r, &opts).await?;
         let shown = r.to_string();
         let (parsed, mut media_type) = manifest::parse(&raw, &shown)?;
         let want = opts.platform.clone().unwrap_or_else(Platform::host);
@@ -234,7 +269,7 @@ impl ImageStore {
             Parsed::Index(idx) => {
                 self.content.write(&digest, &raw)?;
                 let (child, _) = manifest::select_platform(&idx, &want, &shown)?;
-                let (craw, cdigest) = client.manifest(&r.with_digest(&child)).await?;
+                let (craw, cdigest) = client.manifest(&src.with_digest(&child)).await?;
                 let (cparsed, cmt) = manifest::parse(&craw, &shown)?;
                 let Parsed::Image(m) = cparsed else {
                     bail!(ImageError::MalformedManifest {
@@ -264,9 +299,9 @@ impl ImageStore {
             futures_util::stream::iter(blobs.into_iter().map(|(d, size)| {
                 let client = client.clone();
                 let content = self.content.clone();
-                let r = r.clone();
+                let src = src.clone();
                 let progress = opts.progress.clone();
-                async move { fetch_one(&client, &content, &r, d, size, progress).await }
+                async move { fetch_one(&client, &content, &src, d, size, progress).await }
             }))
             .buffer_unordered(PARALLEL_LAYERS)
             .try_collect()
@@ -318,6 +353,59 @@ impl ImageStore {
             fetch,
             rootfs,
         })
+    }
+
+    /// Where to pull `r` from: for docker.io images, each configured mirror in turn
+    /// (the first that has the manifest wins), then docker.io; for others, their own
+    /// registry. Returns the reference to fetch from, its client and the manifest.
+    async fn resolve_source(
+        &self,
+        r: &ImageRef,
+        opts: &PullOptions,
+    ) -> Result<(ImageRef, RegistryClient, (Vec<u8>, Digest))> {
+        let mut tries = Vec::new();
+        if r.registry() == crate::reference::DEFAULT_REGISTRY {
+            for (host, http) in self.config.mirrors() {
+                tries.push((r.on_registry(&host), http));
+            }
+        }
+        tries.push((r.clone(), false));
+        let last = tries.len() - 1;
+        let mut errors = Vec::new();
+        for (i, (src, http)) in tries.into_iter().enumerate() {
+            let mirror = i < last;
+            let creds = match &opts.credentials {
+                Some(c) if !mirror => Some(c.clone()),
+                _ => self.auth.get(src.registry())?,
+            };
+            let mut connect = self.connect_opts(opts.connect.clone());
+            if http {
+                connect.insecure_registries.push(src.registry().to_string());
+            }
+            let attempt = async {
+                let client = RegistryClient::connect(&src, creds, &connect).await?;
+                let manifest = client.manifest(&src).await?;
+                anyhow::Ok((client, manifest))
+            }
+            .await;
+            match attempt {
+                Ok((client, manifest)) => return Ok((src, client, manifest)),
+                Err(e) if mirror => {
+                    tracing::info!(
+                        mirror = src.registry(),
+                        "mirror failed, trying the next: {e:#}"
+                    );
+                    errors.push(format!("mirror {}: {e:#}", src.registry()));
+                }
+                Err(e) => {
+                    if errors.is_empty() {
+                        return Err(e);
+                    }
+                    return Err(e.context(format!("after {}", errors.join("; "))));
+                }
+            }
+        }
+        unreachable!("the last try always returns")
     }
 
     /// Builds (or finds) the rootfs image of a stored image.
@@ -503,16 +591,21 @@ impl ImageStore {
         Ok(freed)
     }
 
-    /// Pushes a local image to the registry its name points at.
+    /// Pushes a local image to the registry its name points at (with `credentials`, else
+    /// the stored ones).
     pub async fn push(
         &self,
         name: &str,
         connect: ConnectOptions,
         progress: Option<ProgressFn>,
+        credentials: Option<Credentials>,
     ) -> Result<ImageRef> {
         let (rec, _) = self.resolve(name)?;
         let r = ImageRef::parse(name)?;
-        let creds = self.auth.get(r.registry())?;
+        let creds = match credentials {
+            Some(c) => Some(c),
+            None => self.auth.get(r.registry())?,
+        };
         let client = RegistryClient::connect(&r, creds, &self.connect_opts(connect)).await?;
         let emit = |p: Progress| {
             if let Some(f) = &progress {

@@ -45,6 +45,18 @@ pub enum Request {
     Wait,
     /// CPU and memory from the guest.
     Stats,
+    /// Stops (`paused`) or resumes the VM's vCPUs.
+    Pause {
+        /// Pause or resume.
+        paused: bool,
+    },
+    /// Sets the main process's terminal size.
+    Resize {
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
 }
 
 /// A process to exec in a running container.
@@ -105,6 +117,30 @@ pub struct Status {
     /// [`apex_runtime::sandbox::forward_at`]).
     #[serde(default)]
     pub vm_dir: Option<std::path::PathBuf>,
+}
+
+/// A container's health, from its healthcheck (Docker's `Health`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `starting`, `healthy` or `unhealthy`.
+    pub status: String,
+    /// Failed checks in a row.
+    pub failing_streak: u32,
+    /// The last checks, oldest first (at most five).
+    pub log: Vec<HealthLog>,
+}
+
+/// One healthcheck run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthLog {
+    /// Start (RFC 3339).
+    pub start: String,
+    /// End (RFC 3339).
+    pub end: String,
+    /// The check's exit code (-1: it timed out or could not run).
+    pub exit_code: i32,
+    /// Its output (the first 4 KiB).
+    pub output: String,
 }
 
 /// Guest statistics ([`Request::Stats`]'s answer).

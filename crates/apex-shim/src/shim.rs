@@ -385,6 +385,20 @@ async fn handle(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
             let r = stats(&shim).await;
             answer(&mut conn, r).await?
         }
+        Request::Pause { paused } => {
+            let r = pause(&shim, paused);
+            answer(&mut conn, r).await?
+        }
+        Request::Resize { rows, cols } => {
+            let r = match (shim.sandbox.get(), shim.main_id.get()) {
+                (Some(sb), Some(id)) => match sb.agent().resize_tty(id, rows, cols).await {
+                    Ok(()) => Response::ok(&()),
+                    Err(e) => Response::err(format!("cannot resize: {e}")),
+                },
+                _ => Response::err("container is not running"),
+            };
+            answer(&mut conn, r).await?
+        }
         Request::Attach { stdin } => attach(shim, conn, stdin).await?,
         Request::Exec(spec) => exec(shim, conn, spec).await?,
     }
@@ -443,6 +457,25 @@ async fn stop(shim: &Shim, timeout_s: u64, signal: i32) -> Response {
     }
     let exit = shim.status.borrow().exit.clone();
     Response::ok(&exit)
+}
+
+/// SIGSTOP or SIGCONT to QEMU: the VM's vCPUs and devices stop or go on.
+fn pause(shim: &Shim, paused: bool) -> Response {
+    let Some(sb) = shim.sandbox.get() else {
+        return Response::err("container is not running");
+    };
+    let sig = if paused {
+        rustix::process::Signal::STOP
+    } else {
+        rustix::process::Signal::CONT
+    };
+    match rustix::process::Pid::from_raw(sb.vm_pid() as i32) {
+        Some(pid) => match rustix::process::kill_process(pid, sig) {
+            Ok(()) => Response::ok(&()),
+            Err(e) => Response::err(format!("cannot signal the VM: {e}")),
+        },
+        None => Response::err("no VM process"),
+    }
 }
 
 async fn stats(shim: &Shim) -> Response {

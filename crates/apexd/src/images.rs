@@ -206,16 +206,17 @@ impl Images {
         Ok(report)
     }
 
-    /// Pushes a local image to its registry.
+    /// Pushes a local image to its registry (with `credentials`, else the stored ones).
     pub async fn push(
         &self,
         name: &str,
         connect: apex_oci::registry::ConnectOptions,
         progress: Option<ProgressFn>,
+        credentials: Option<apex_oci::auth::Credentials>,
     ) -> Result<ImageRef> {
         let store = self.open().map_err(image_error)?;
         let r = store
-            .push(name, connect, progress)
+            .push(name, connect, progress, credentials)
             .await
             .map_err(image_error)?;
         self.events.emit(

@@ -452,6 +452,9 @@ pub struct NetworkCreate {
     /// No outbound access (no NAT; traffic stays on the bridge).
     #[serde(default)]
     pub internal: bool,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A container attached to a network.
@@ -482,6 +485,9 @@ pub struct NetworkInfo {
     pub created: String,
     /// Attached containers.
     pub containers: Vec<NetworkEndpoint>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// `201` answer to a create: the new object's id (and name for containers).

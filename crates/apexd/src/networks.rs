@@ -356,6 +356,7 @@ impl Networks {
             let rec = NetworkRecord {
                 state: NetworkState::default_network(),
                 created: now(),
+                labels: Default::default(),
             };
             if let Err(e) = store.put_network(&rec) {
                 tracing::error!("cannot save the default network: {e:#}");
@@ -443,6 +444,7 @@ impl Networks {
                 let r = NetworkRecord {
                     state,
                     created: now(),
+                    labels: Default::default(),
                 };
                 self.store.put_network(&r)?;
                 r
@@ -454,6 +456,7 @@ impl Networks {
             rec = NetworkRecord {
                 state: self.pick_default(nl, &mine).await?,
                 created,
+                labels: Default::default(),
             };
             self.store.put_network(&rec)?;
         }
@@ -630,6 +633,7 @@ impl Networks {
             gateway: st.gateway().to_string(),
             internal: st.internal,
             created: rec.created.clone(),
+            labels: rec.labels.clone(),
             containers: containers
                 .iter()
                 .filter_map(|c| {
@@ -746,6 +750,7 @@ impl Networks {
         let mut rec = NetworkRecord {
             state: NetworkState::new(&name, &bridge, subnet, req.internal),
             created: now(),
+            labels: req.labels.clone(),
         };
         if let Mode::Bridge { nl, fw } = &self.mode {
             let up = async {
@@ -1054,6 +1059,11 @@ impl Networks {
                 addr,
             },
         );
+    }
+
+    /// Drops a container's DNS records (before it registers under a new name).
+    pub fn forget(&self, id: &str) {
+        self.records.remove_container(id);
     }
 
     /// After a container stopped: its ports, DNS records and tap go (the address stays).

@@ -88,6 +88,79 @@ fn acquire_lock(paths: &Paths) -> Result<File> {
     }
 }
 
+/// The gid of group `docker`, if the host has one (from `/etc/group`).
+fn docker_gid() -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"docker")).then(|| f.get(2)?.parse().ok())?
+        })
+}
+
+/// Serves the Docker Engine API on `run/docker.sock` (0660 with group `docker` when the
+/// host has that group, else 0600) and, when `APEX_DOCKER_TCP` names a loopback
+/// address, on TCP too. Returns the server tasks.
+fn serve_docker(
+    paths: &Paths,
+    services: &Arc<Services>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let sock = paths.docker_socket();
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", sock.display()))
+        }
+        _ => {}
+    }
+    let listener = UnixListener::bind(&sock)
+        .with_context(|| format!("cannot listen on {}", sock.display()))?;
+    let mode = match docker_gid() {
+        Some(gid) => {
+            rustix::fs::chown(&sock, None, Some(rustix::fs::Gid::from_raw(gid)))
+                .with_context(|| format!("cannot give {} to group docker", sock.display()))?;
+            // The run directory is 0700: let the docker group through to the socket.
+            let run = paths.run_dir();
+            rustix::fs::chown(&run, None, Some(rustix::fs::Gid::from_raw(gid)))
+                .with_context(|| format!("cannot give {} to group docker", run.display()))?;
+            std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o710))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", sock.display()))?;
+    let app = crate::docker::app(services.clone());
+    let mut tasks = vec![tokio::spawn(async move {
+        let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+        if let Err(e) = axum::serve(listener, make).await {
+            tracing::error!("docker api: {e}");
+        }
+    })];
+    tracing::info!("Docker Engine API on {}", sock.display());
+    if let Ok(addr) = std::env::var("APEX_DOCKER_TCP") {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .with_context(|| format!("APEX_DOCKER_TCP={addr} is not an address:port"))?;
+        if !addr.ip().is_loopback() {
+            bail!("APEX_DOCKER_TCP={addr}: only loopback addresses are served (the API has no authentication)");
+        }
+        let std_listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        std_listener.set_nonblocking(true)?;
+        let l = tokio::net::TcpListener::from_std(std_listener)?;
+        let app = crate::docker::app(services.clone());
+        tasks.push(tokio::spawn(async move {
+            let make = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+            if let Err(e) = axum::serve(l, make).await {
+                tracing::error!("docker api (tcp): {e}");
+            }
+        }));
+        tracing::info!("Docker Engine API on tcp://{addr}");
+    }
+    Ok(tasks)
+}
+
 /// Writes our pid atomically (temp file + rename).
 fn write_pid(path: &Path) -> Result<()> {
     let tmp = path.with_extension("pid.tmp");
@@ -133,6 +206,7 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
         let _ = stop_rx.await;
     });
     let mut server = tokio::spawn(server.into_future());
+    let docker = serve_docker(paths, &services)?;
     tracing::info!(
         pid = std::process::id(),
         home = %paths.home().display(),
@@ -153,6 +227,10 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
         }
     }
     let _ = stop_tx.send(());
+    for d in docker {
+        d.abort();
+    }
+    let _ = std::fs::remove_file(paths.docker_socket());
     match tokio::time::timeout(DRAIN, &mut server).await {
         Ok(res) => res
             .context("server task failed")?

@@ -147,6 +147,9 @@ pub struct NetworkRecord {
     pub state: NetworkState,
     /// Creation time (RFC 3339).
     pub created: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What the daemon knows about one container.
@@ -194,6 +197,12 @@ pub struct ContainerRecord {
     /// Bind mounts, volumes and tmpfs, in mount order.
     #[serde(default)]
     pub mounts: Vec<MountPoint>,
+    /// Its VM's vCPUs are stopped (`pause`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Healthcheck results while it runs with a healthcheck.
+    #[serde(default)]
+    pub health: Option<apex_shim::proto::Health>,
 }
 
 /// A volume in the state database (its data is `volumes/<name>/_data`).
@@ -483,6 +492,8 @@ pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> Contai
         network: None,
         ports: vec![],
         mounts: vec![],
+        paused: false,
+        health: None,
     }
 }
 
@@ -588,6 +599,7 @@ mod tests {
         let net = NetworkRecord {
             state: NetworkState::default_network(),
             created: "2024-01-01T00:00:00Z".into(),
+            labels: Default::default(),
         };
         s.put_network(&net).unwrap();
         let json: serde_json::Value = {

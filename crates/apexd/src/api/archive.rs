@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
-use crate::archive::PutOptions;
+use crate::containers::archive::PutOptions;
 use crate::model::{PathStat, ARCHIVE_STAT_HEADER};
 
 #[derive(Deserialize)]

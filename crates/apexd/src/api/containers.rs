@@ -1,8 +1,5 @@
 //! Container routes (see [`crate::model`] for the list and the JSON types).
 
-use std::time::Duration;
-
-use apex_shim::logfile::{self, LogEntry};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -153,72 +150,21 @@ pub(super) async fn logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let c = s.containers();
-    let rec = c.resolve(&id)?;
-    let path = c.bundle(&rec.id).log();
-    let (tail, mut follower) = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || logfile::read_tail_then_follow(&path, q.tail))
-            .await
-            .map_err(|e| anyhow::anyhow!("worker failed: {e}"))??
-    };
+    let mut entries = s.containers().logs(&id, q.tail, q.follow).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
-    let c2 = c.clone();
-    let id = rec.id.clone();
     tokio::spawn(async move {
-        if send_entries(&tx, tail).await.is_err() || !q.follow {
-            return;
-        }
-        let mut changes = c2.subscribe();
-        loop {
-            let running = c2.store().get(&id).ok().flatten().is_some_and(|r| {
-                matches!(
-                    r.state,
-                    ContainerState::Running | ContainerState::Restarting
-                )
-            });
-            let (entries, f) = match tokio::task::spawn_blocking(move || {
-                let e = follower.poll();
-                (e, follower)
-            })
-            .await
-            {
-                Ok(x) => x,
-                Err(_) => return,
-            };
-            follower = f;
-            if send_entries(&tx, entries.unwrap_or_default())
-                .await
-                .is_err()
-            {
-                return; // client went away
+        while let Some(batch) = entries.recv().await {
+            let mut buf = Vec::new();
+            for e in batch {
+                serde_json::to_writer(&mut buf, &e).expect("serializable");
+                buf.push(b'\n');
             }
-            if !running {
+            if tx.send(Bytes::from(buf)).await.is_err() {
                 return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                _ = changes.recv() => {}
-                _ = tx.closed() => return,
             }
         }
     });
     Ok(super::ndjson(rx))
-}
-
-async fn send_entries(
-    tx: &tokio::sync::mpsc::Sender<Bytes>,
-    entries: Vec<LogEntry>,
-) -> Result<(), ()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut buf = Vec::new();
-    for e in entries {
-        serde_json::to_writer(&mut buf, &e).expect("serializable");
-        buf.push(b'\n');
-    }
-    tx.send(Bytes::from(buf)).await.map_err(|_| ())
 }
 
 #[derive(Deserialize)]

@@ -84,6 +84,7 @@ pub(super) async fn pull(
             let _ = progress_tx.try_send(line(&event(p)));
         })),
         no_unpack: false,
+        credentials: None,
     };
     let images = s.services().images().clone();
     let reference = req.reference.clone();

@@ -1,61 +1,44 @@
-//! Copying files in and out of containers (`apex cp`, and later `docker cp`).
-//!
-//! The work is done in the guest by the agent's archive tools
-//! ([`apex_agent_proto::api::tools`]), chrooted in the container root, so paths resolve
-//! exactly as the container sees them, volumes and bind mounts included. A running
-//! container runs the tool through its helper (an exec); a stopped or created one gets
-//! a short-lived VM booted on its own disks, held under the container's lock so that
-//! nothing starts it meanwhile. Guest-written filesystems are never mounted on the host.
+//! The agent's built-in tools (see [`apex_agent_proto::api::tools`]) run for the
+//! daemon: through a running container's helper (an exec), or in a short-lived VM booted
+//! on a stopped container's own disks while its lock is held.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apex_agent_proto::api::{tools, PathStat};
 use apex_runtime::sandbox::{Sandbox, SandboxConfig};
 use apex_shim::proto::{self, ExecSpec, Request};
 use apex_shim::stream::{read_frame, write_frame, Exit, Frame, Kind};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::containers::Containers;
+use super::Containers;
 use crate::error::{Error, Result};
 use crate::store::ContainerState;
 
 /// How much of a tool's stderr is kept for the error message.
-const MAX_STDERR: usize = 16 * 1024;
-/// The longest stat line `archive-get` may send before its tar.
-const MAX_STAT_LINE: usize = 64 * 1024;
+pub(crate) const MAX_STDERR: usize = 16 * 1024;
 /// Boot watchdog of the VM that serves a stopped container.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A byte stream out of the guest.
 pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
-type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+pub(crate) type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 
 /// A tool process: its streams, and its exit code with its stderr once it ends.
-struct ToolRun {
-    stdin: Option<Writer>,
-    stdout: Reader,
-    done: oneshot::Receiver<(i32, String)>,
+pub(crate) struct ToolRun {
+    pub(crate) stdin: Option<Writer>,
+    pub(crate) stdout: Reader,
+    pub(crate) done: oneshot::Receiver<(i32, String)>,
 }
 
 impl ToolRun {
-    async fn finish(self) -> (i32, String) {
+    pub(crate) async fn finish(self) -> (i32, String) {
         drop(self.stdin);
         self.done
             .await
             .unwrap_or((255, "the copy was interrupted".into()))
     }
-}
-
-/// Options of [`Containers::archive_put`].
-#[derive(Clone, Copy, Debug, Default)]
-pub struct PutOptions {
-    /// Keep the tar's owners (else files belong to root).
-    pub owner: bool,
-    /// Refuse to replace a directory by a non-directory or back.
-    pub no_overwrite_dir_non_dir: bool,
 }
 
 /// A reader that signals once when dropped: tells the task holding a VM that its output
@@ -83,26 +66,10 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
-fn tool_error(code: i32, stderr: &str, path: &str, container: &str) -> Error {
-    let msg = stderr.trim();
-    match code {
-        tools::EXIT_NOT_FOUND => Error::not_found(format!(
-            "Could not find the file {path} in container {container}"
-        )),
-        tools::EXIT_NOT_DIR => Error::bad_request("extraction point is not a directory"),
-        _ if msg.contains("Read-only file system") => Error::new(
-            crate::error::ErrorKind::Forbidden,
-            format!("{path}: read-only file system"),
-        ),
-        _ if msg.is_empty() => Error::internal(format!("copy failed (exit code {code})")),
-        _ => Error::internal(msg.to_string()),
-    }
-}
-
 impl Containers {
     /// Runs a tool in the container: through its helper if it runs, else in a VM of its
     /// own until the tool's output has been read.
-    async fn run_tool(
+    pub(crate) async fn run_tool(
         self: &Arc<Self>,
         what: &str,
         args: Vec<String>,
@@ -253,130 +220,5 @@ impl Containers {
             stdout: Box::pin(out_r),
             done,
         })
-    }
-
-    /// `HEAD .../archive`: what is at `path` in the container.
-    pub async fn archive_stat(self: &Arc<Self>, what: &str, path: &str) -> Result<PathStat> {
-        let name = self.resolve(what)?.name;
-        let mut run = self
-            .run_tool(what, vec![tools::STAT.into(), path.into()], false)
-            .await?;
-        let mut out = Vec::new();
-        let _ = (&mut run.stdout)
-            .take(MAX_STAT_LINE as u64)
-            .read_to_end(&mut out)
-            .await;
-        let (code, err) = run.finish().await;
-        if code != 0 {
-            return Err(tool_error(code, &err, path, &name));
-        }
-        serde_json::from_slice(&out)
-            .map_err(|e| Error::internal(format!("bad stat from the guest: {e}")))
-    }
-
-    /// `GET .../archive`: the stat of `path` and a tar of it.
-    pub async fn archive_get(
-        self: &Arc<Self>,
-        what: &str,
-        path: &str,
-    ) -> Result<(PathStat, Reader)> {
-        let name = self.resolve(what)?.name;
-        let run = self
-            .run_tool(what, vec![tools::ARCHIVE_GET.into(), path.into()], false)
-            .await?;
-        let ToolRun { stdout, done, .. } = run;
-        let mut reader = BufReader::with_capacity(256 * 1024, stdout);
-        let mut line = Vec::new();
-        let n = (&mut reader)
-            .take(MAX_STAT_LINE as u64)
-            .read_until(b'\n', &mut line)
-            .await
-            .unwrap_or(0);
-        if n == 0 || !line.ends_with(b"\n") {
-            let (code, err) = done
-                .await
-                .unwrap_or((255, "the copy was interrupted".into()));
-            return Err(tool_error(code.max(1), &err, path, &name));
-        }
-        let stat: PathStat = serde_json::from_slice(&line)
-            .map_err(|e| Error::internal(format!("bad stat from the guest: {e}")))?;
-        tokio::spawn(async move {
-            if let Ok((code, err)) = done.await {
-                if code != 0 {
-                    tracing::warn!(
-                        code,
-                        "archive of a container path failed midway: {}",
-                        err.trim()
-                    );
-                }
-            }
-        });
-        Ok((stat, Box::pin(reader)))
-    }
-
-    /// `PUT .../archive`: extracts the tar `body` into the directory `path`.
-    pub async fn archive_put(
-        self: &Arc<Self>,
-        what: &str,
-        path: &str,
-        mut body: impl AsyncRead + Unpin,
-        opts: PutOptions,
-    ) -> Result<()> {
-        let rec = self.resolve(what)?;
-        let mut args = vec![tools::ARCHIVE_PUT.to_string()];
-        if opts.owner {
-            args.push(tools::OPT_OWNER.into());
-        }
-        if opts.no_overwrite_dir_non_dir {
-            args.push(tools::OPT_NO_OVERWRITE_DIR_NON_DIR.into());
-        }
-        args.push(path.into());
-        let mut run = self.run_tool(what, args, true).await?;
-        let mut stdin = run
-            .stdin
-            .take()
-            .ok_or_else(|| Error::internal("no stdin"))?;
-        let copied = tokio::io::copy(&mut body, &mut stdin).await;
-        let _ = stdin.shutdown().await;
-        drop(stdin);
-        // Drain stdout (unused) so the tool never blocks on it.
-        let mut sink = Vec::new();
-        let _ = (&mut run.stdout)
-            .take(MAX_STDERR as u64)
-            .read_to_end(&mut sink)
-            .await;
-        let (code, err) = run.finish().await;
-        if code != 0 {
-            return Err(tool_error(code, &err, path, &rec.name));
-        }
-        copied.map_err(|e| Error::bad_request(format!("reading the archive: {e}")))?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::ErrorKind;
-
-    #[test]
-    fn tool_errors_read_like_docker() {
-        let e = tool_error(tools::EXIT_NOT_FOUND, "x: No such file", "/x", "web");
-        assert_eq!(e.kind(), ErrorKind::NotFound);
-        assert_eq!(e.message(), "Could not find the file /x in container web");
-        assert_eq!(
-            tool_error(tools::EXIT_NOT_DIR, "", "/f", "w").kind(),
-            ErrorKind::BadRequest
-        );
-        let ro = tool_error(
-            1,
-            "failed to unpack: Read-only file system (os error 30)",
-            "/",
-            "w",
-        );
-        assert_eq!(ro.kind(), ErrorKind::Forbidden);
-        assert!(tool_error(1, "", "/", "w")
-            .message()
-            .contains("exit code 1"));
     }
 }

@@ -5,6 +5,13 @@
 //! different containers proceed in parallel. A shim is identified by its pid: the
 //! monitor of an old shim never overwrites the state of a newer start.
 
+pub mod archive;
+pub mod logs;
+pub use logs::log_timestamp;
+mod ops;
+mod tools;
+pub mod wait;
+
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -49,6 +56,8 @@ pub struct Containers {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     create_lock: tokio::sync::Mutex<()>,
     execs: Mutex<HashMap<String, (String, ExecSpec)>>,
+    /// Attaches waiting for their container to start.
+    pending: Mutex<HashMap<String, Vec<ops::PendingAttach>>>,
     changed: broadcast::Sender<String>,
 }
 
@@ -169,6 +178,7 @@ impl Containers {
             locks: Mutex::default(),
             create_lock: tokio::sync::Mutex::new(()),
             execs: Mutex::default(),
+            pending: Mutex::default(),
             changed: broadcast::channel(256).0,
         })
     }
@@ -450,6 +460,8 @@ impl Containers {
             network: None,
             ports: vec![],
             mounts: vec![],
+            paused: false,
+            health: None,
         };
         let bundle = self.bundle(&id);
         std::fs::create_dir_all(bundle.dir())
@@ -636,6 +648,9 @@ impl Containers {
         if rec.state == ContainerState::Running {
             return Ok(rec);
         }
+        // Clients that attached before the start see the process from its first byte.
+        let pending = self.take_pending(&rec.id);
+        let wait_attach = wait_attach || !pending.is_empty();
         let bundle = self.bundle(&rec.id);
         std::fs::create_dir_all(bundle.dir())
             .with_context(|| format!("cannot create {}", bundle.dir().display()))?;
@@ -713,6 +728,10 @@ impl Containers {
             "container helper started"
         );
         self.clone().monitor(rec.id.clone(), pid);
+        for p in pending {
+            let stream = self.attach_stream(&rec.id, p.stdin).await;
+            let _ = p.tx.send(stream);
+        }
         if !wait_attach {
             // Like `docker start`: answer once the process runs, or with why it could not.
             let timeout = Duration::from_secs(rec.config.boot_timeout_s) + SHIM_READY;
@@ -1009,22 +1028,8 @@ impl Containers {
     }
 
     /// `GET .../wait`: blocks until the container is not running.
-    pub async fn wait(&self, what: &str) -> Result<WaitResult, Error> {
-        let id = self.resolve(what)?.id;
-        let mut rx = self.changed.subscribe();
-        loop {
-            let Some(rec) = self.store.get(&id)? else {
-                return Err(not_found(what));
-            };
-            if matches!(rec.state, ContainerState::Exited | ContainerState::Created) {
-                return Ok(WaitResult {
-                    exit_code: rec.exit_code.unwrap_or(0),
-                    reason: rec.exit_reason,
-                });
-            }
-            // Wake on any change; re-check at least every second.
-            let _ = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
-        }
+    pub async fn wait(self: &Arc<Self>, what: &str) -> Result<WaitResult, Error> {
+        self.wait_for(what, wait::WaitCondition::NotRunning).await
     }
 
     /// `GET .../stats`.
