@@ -134,13 +134,20 @@ where
             }
         }
     });
+    // Input is held until the process runs: the helper drops what comes before (a
+    // Docker client writes stdin as soon as it is attached, before the VM has booted).
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
+        if started_rx.await.is_err() {
+            return;
+        }
         while let Some(f) = from_client.recv().await {
             if write_frame(&mut s_wr, &f).await.is_err() {
                 return;
             }
         }
     });
+    let mut started_tx = Some(started_tx);
     let exit = loop {
         match read_frame(&mut s_rd).await {
             Ok(Some(f)) => match f.kind {
@@ -159,6 +166,11 @@ where
                     }
                 }
                 Kind::Exit => break f.parse::<Exit>().ok(),
+                Kind::Started => {
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
                 _ => {}
             },
             Ok(None) | Err(_) => break None,
@@ -196,6 +208,10 @@ mod tests {
             tty: false,
         };
         let task = tokio::spawn(relay(client, shim_here, want, None));
+        peer.write_all(b"early").await.unwrap();
+        write_frame(&mut shim_there, &Frame::new(Kind::Started, vec![]))
+            .await
+            .unwrap();
         write_frame(&mut shim_there, &Frame::new(Kind::Stdout, b"out".to_vec()))
             .await
             .unwrap();
@@ -203,8 +219,14 @@ mod tests {
             .await
             .unwrap();
         peer.write_all(b"in").await.unwrap();
-        let f = read_frame(&mut shim_there).await.unwrap().unwrap();
-        assert_eq!((f.kind, f.payload.as_slice()), (Kind::Stdin, &b"in"[..]));
+        // Input written before the start is held, not lost.
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            let f = read_frame(&mut shim_there).await.unwrap().unwrap();
+            assert_eq!(f.kind, Kind::Stdin);
+            got.extend(f.payload);
+        }
+        assert_eq!(got, b"earlyin");
         let exit = Exit {
             exit_code: 3,
             reason: None,
