@@ -518,6 +518,35 @@ pub struct ProcessSpec {
     /// the rootfs like any other process.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent_tool: bool,
+    /// The namespaces it runs in.
+    #[serde(default, skip_serializing_if = "Namespaces::is_guest")]
+    pub namespaces: Namespaces,
+    /// Put the agent's small reaping init in front of `args` (Docker's `--init`): it runs
+    /// as the process, forwards signals to `args`, reaps orphans, and exits with the
+    /// status of `args`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
+}
+
+/// Which namespaces a process runs in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Namespaces {
+    /// The guest's own, chrooted in the rootfs (tools on a container that is not running).
+    #[default]
+    Guest,
+    /// New PID, mount, UTS and IPC namespaces: the process is PID 1 of its own PID
+    /// namespace with a private `/proc` (a container's main process).
+    New,
+    /// The namespaces of the running process with this id (an exec in a container).
+    Join(String),
+}
+
+impl Namespaces {
+    /// Whether this is [`Namespaces::Guest`].
+    pub fn is_guest(&self) -> bool {
+        *self == Namespaces::Guest
+    }
 }
 
 /// Process credentials.
@@ -659,6 +688,8 @@ mod tests {
                 hard: u64::MAX,
             }],
             agent_tool: false,
+            namespaces: Default::default(),
+            init: false,
         }
     }
 
@@ -761,6 +792,8 @@ mod tests {
                 rootfs: None,
                 rlimits: vec![],
                 agent_tool: true,
+                namespaces: Default::default(),
+                init: false,
                 ..spec("exec-1")
             }),
             Call::Stats,

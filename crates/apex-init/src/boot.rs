@@ -12,6 +12,8 @@ use crate::log::step;
 use crate::mounts::{mkdir_p, setup_container_root, write_etc_files};
 use crate::{modules, net, sys};
 
+/// The guest's own state: mount points of the container's layers and shares.
+const APEX_RUN: &str = "/run/apex";
 /// Read-only image rootfs mount point.
 pub const LOWER: &str = "/run/apex/lower";
 /// The writable layer holding the overlay's `upper/` and `work/`: the container's ext4
@@ -177,7 +179,11 @@ fn mount_rootfs(dev: &str, fstype: &str, upper: Option<&str>) -> io::Result<()> 
     }
     mkdir_p(&Path::new(RW).join("upper"), 0o755)?;
     mkdir_p(&Path::new(RW).join("work"), 0o755)?;
-    let data = format!("lowerdir={LOWER},upperdir={RW}/upper,workdir={RW}/work");
-    mount_at("overlay", ROOT, "overlay", 0, Some(&data))
-        .map_err(|e| io::Error::new(e.kind(), format!("mount overlay on {ROOT}: {e}")))
+    // Paths relative to /run/apex: the options show in the container's mount table, which
+    // should not name the guest's directories.
+    let data = "lowerdir=lower,upperdir=rw/upper,workdir=rw/work";
+    std::env::set_current_dir(APEX_RUN)?;
+    let mounted = mount_at("overlay", ROOT, "overlay", 0, Some(data));
+    std::env::set_current_dir("/")?;
+    mounted.map_err(|e| io::Error::new(e.kind(), format!("mount overlay on {ROOT}: {e}")))
 }

@@ -25,6 +25,7 @@ pub mod net;
 pub mod power;
 pub mod process;
 pub mod pty;
+pub mod reaper;
 pub mod rtnl;
 pub mod server;
 pub mod spawn;
@@ -56,11 +57,14 @@ pub enum Mode {
     },
     /// A built-in tool ([`tool`]), started by the agent as a container process.
     Tool(Vec<String>),
+    /// The reaping init of `--init` ([`reaper`]).
+    Reaper(Vec<String>),
 }
 
 const USAGE: &str = "usage: apex-init                 (as PID 1 in the guest)\n       \
                      apex-init --serve-unix PATH --root DIR [--debug]\n       \
-                     apex-init tool NAME ARGS...";
+                     apex-init tool NAME ARGS...\n       \
+                     apex-init -- PROGRAM ARGS...      (a reaping init)";
 
 /// Parses arguments (without argv\[0\]).
 pub fn parse_args(args: &[String]) -> Result<Mode, String> {
@@ -69,6 +73,9 @@ pub fn parse_args(args: &[String]) -> Result<Mode, String> {
     }
     if args[0] == spawn::TOOL_ARG {
         return Ok(Mode::Tool(args[1..].to_vec()));
+    }
+    if args[0] == spawn::INIT_ARG {
+        return Ok(Mode::Reaper(args[1..].to_vec()));
     }
     let (mut path, mut root, mut debug) = (None, None, false);
     let mut it = args.iter();
@@ -126,6 +133,7 @@ pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match parse_args(&args) {
         Ok(Mode::Tool(args)) => std::process::exit(tool::run(&args)),
+        Ok(Mode::Reaper(args)) => std::process::exit(reaper::run(&args)),
         Ok(Mode::Init) if std::process::id() != 1 => {
             eprintln!("apex-init: not PID 1\n{USAGE}");
             std::process::exit(2)
@@ -143,7 +151,7 @@ pub fn main() -> ! {
             let booted = boot::boot();
             (Transport::Vsock, booted.root, booted.mounts)
         }
-        Mode::Tool(_) => unreachable!("tools exit above"),
+        Mode::Tool(_) | Mode::Reaper(_) => unreachable!("tools and the reaper exit above"),
         Mode::ServeUnix { path, root, debug } => {
             log::set_debug(debug);
             if let Err(e) = private_mount_namespace() {

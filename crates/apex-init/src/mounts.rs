@@ -127,8 +127,8 @@ pub fn mkdir_p(path: &Path, mode: u32) -> io::Result<()> {
 }
 
 /// The mounts a container root gets, as `(source, target relative to the root, fstype,
-/// flags, data)`. `/dev` is a recursive bind of the guest's `/dev`, with a private devpts
-/// instance and `/dev/shm` on top.
+/// flags, data)`. `/dev` is a bind of the guest's `/dev` (its device nodes, without the
+/// guest's own devpts and shm mounts), with a private devpts instance and `/dev/shm` on top.
 fn container_mounts() -> Vec<(
     &'static str,
     &'static str,
@@ -140,7 +140,7 @@ fn container_mounts() -> Vec<(
     vec![
         ("proc", "proc", "proc", common, ""),
         ("sysfs", "sys", "sysfs", common | libc::MS_RDONLY, ""),
-        ("/dev", "dev", "", libc::MS_BIND | libc::MS_REC, ""),
+        ("/dev", "dev", "", libc::MS_BIND, ""),
         (
             "devpts",
             "dev/pts",
@@ -153,7 +153,7 @@ fn container_mounts() -> Vec<(
     ]
 }
 
-/// Mounts proc, sysfs (ro), /dev (rbind), devpts, /dev/shm and cgroup2 inside `root`.
+/// Mounts proc, sysfs (ro), /dev (bind), devpts, /dev/shm and cgroup2 inside `root`.
 /// Failures are logged and skipped (a missing /sys/fs/cgroup should not stop the container).
 /// Returns the mount points that were mounted, innermost last.
 pub fn setup_container_root(root: &Path) -> Vec<PathBuf> {

@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 
-use apex_agent_proto::api::{self, Event, ExitStatus, ProcessSpec, ProcessStarted};
+use apex_agent_proto::api::{self, Event, ExitStatus, Namespaces, ProcessSpec, ProcessStarted};
 use apex_agent_proto::rpc::{codes, ProcessStartFailed};
 use apex_agent_proto::RpcError;
 
@@ -300,7 +300,7 @@ impl Processes {
     fn spawn(&self, proc: &Arc<Process>, prepared: Prepared) -> Result<libc::pid_t, RpcError> {
         let exec_user =
             user::resolve(&proc.spec.user, &proc.root).map_err(|m| start_failed(126, m))?;
-        let plan =
+        let mut plan =
             ExecPlan::new(&proc.spec, &proc.root, &exec_user).map_err(|m| start_failed(126, m))?;
         let Prepared {
             stdin,
@@ -337,7 +337,14 @@ impl Processes {
                 }
             };
             let mut table = lock(&self.table);
-            let (pid, rd) = plan.fork(&stdio).map_err(|e| os_err(e, "fork"))?;
+            // Under the table lock, so the target cannot be reaped in between.
+            let target = match &proc.spec.namespaces {
+                Namespaces::Join(target) => Some(Self::pidfd_of(&table, target)?),
+                _ => None,
+            };
+            let (pid, rd) = plan
+                .fork(&stdio, target.as_ref().map(|t| t.as_fd()))
+                .map_err(|e| os_err(e, "fork"))?;
             table.by_pid.insert(pid, proc.clone());
             lock(&proc.state).pid = Some(pid);
             (pid, rd)
@@ -354,6 +361,7 @@ impl Processes {
                 (None, None)
             }
         };
+        crate::debug!("process {}: forked pid {pid}, waiting for exec", proc.id);
         let result = spawn::wait_exec(status_pipe);
         let failure = match result {
             Ok(Ok(())) => None,
@@ -387,6 +395,21 @@ impl Processes {
         }
         crate::debug!("process {} started: pid {pid}", proc.id);
         Ok(pid)
+    }
+
+    /// A pidfd on the running process `id`, whose namespaces another process joins.
+    fn pidfd_of(table: &Table, id: &str) -> Result<OwnedFd, RpcError> {
+        let proc = table.by_id.get(id).ok_or_else(|| not_found(id))?;
+        let st = lock(&proc.state);
+        match (st.phase, st.pid) {
+            (Phase::Running, Some(pid)) => sys::pidfd_open(pid).map_err(|e| {
+                RpcError::os_error(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("pidfd_open: {e}"),
+                )
+            }),
+            _ => Err(invalid_state(format!("process {id} is not running"))),
+        }
     }
 
     /// `exec_process`: create + start.

@@ -6,18 +6,32 @@
 //! to the parent as `(stage, errno)` over a close-on-exec pipe; EOF on that pipe means the
 //! exec succeeded.
 //!
-//! Child steps: reset signal mask and SIGPIPE, setsid, stdio on fds 0-2 (plus the
-//! controlling tty), umask 022, chroot + chdir /, `mkdir -p cwd`, rlimits, chdir cwd (before
-//! dropping privileges, retried after on EACCES/EPERM, like runc), setgroups/setgid/setuid,
-//! then execve of each `PATH` candidate in turn (like execvp, without the `/bin/sh`
-//! fallback for ENOEXEC, like Docker).
+//! Child steps: reset signal mask and SIGPIPE, namespaces (below), setsid, stdio on fds 0-2
+//! (plus the controlling tty), umask 022, chroot + chdir /, `mkdir -p cwd`, rlimits, chdir
+//! cwd (before dropping privileges, retried after on EACCES/EPERM, like runc),
+//! setgroups/setgid/setuid, then execve of each `PATH` candidate in turn (like execvp,
+//! without the `/bin/sh` fallback for ENOEXEC, like Docker).
+//!
+//! Namespaces ([`Namespaces`]):
+//! - `New`: the child is created by clone(2) with new PID, mount, UTS and IPC namespaces,
+//!   so it is PID 1 of its own PID namespace; it makes its mounts private and replaces the
+//!   root's `/proc` with one of the new PID namespace. The root is entered with chroot, not
+//!   pivot_root: the guest's root is the initramfs, which cannot be pivoted away, and
+//!   `/proc/self/mounts` lists only mounts below a process's root anyway.
+//! - `Join`: a forked intermediate enters the target's namespaces with setns(2) on its
+//!   pidfd, then clones the real child with `CLONE_PARENT` (so the agent stays its parent
+//!   and reaps it, as runc's nsexec does) and exits after sending the child's pid.
+//!
+//! With `init`, the program exec'd is the agent's reaper ([`crate::reaper`]), which forks
+//! the real program; its exec failures come back over the same status pipe, whose write
+//! end the reaper inherits (named by [`STATUS_FD_ENV`]).
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use apex_agent_proto::api::ProcessSpec;
+use apex_agent_proto::api::{Namespaces, ProcessSpec};
 use apex_agent_proto::RpcError;
 
 use crate::sys::{self, cstring, errno_text};
@@ -27,6 +41,14 @@ use crate::user::ExecUser;
 pub const TOOL_ARGV0: &str = "apex-init";
 /// `argv[1]` of an agent tool process: the mode that runs [`crate::tool`].
 pub const TOOL_ARG: &str = "tool";
+/// `argv[1]` of the reaping init ([`crate::reaper`]): `apex-init -- PROGRAM ARGS...`.
+pub const INIT_ARG: &str = "--";
+/// The environment variable naming the reaper's status pipe fd.
+pub const STATUS_FD_ENV: &str = "APEX_INIT_STATUS_FD";
+
+/// The namespaces created for a container's main process.
+const NEW_NAMESPACES: libc::c_int =
+    libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
 
 /// `PATH` used for the lookup when the environment has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -53,13 +75,17 @@ pub enum Stage {
     Setuid = 8,
     /// execve(2).
     Exec = 9,
+    /// Creating or entering namespaces.
+    Namespaces = 10,
+    /// Mounting the new PID namespace's `/proc`.
+    Proc = 11,
 }
 
 impl Stage {
     fn from_u32(v: u32) -> Option<Stage> {
         use Stage::*;
         [
-            Setsid, Tty, Chroot, Rlimit, Chdir, Setgroups, Setgid, Setuid, Exec,
+            Setsid, Tty, Chroot, Rlimit, Chdir, Setgroups, Setgid, Setuid, Exec, Namespaces, Proc,
         ]
         .into_iter()
         .find(|s| *s as u32 == v)
@@ -106,9 +132,17 @@ pub struct ExecPlan {
     groups: Vec<libc::gid_t>,
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     empty_mask: libc::sigset_t,
-    /// For an agent tool: this binary (`/proc/self/exe`, opened `O_PATH`), exec'd with
-    /// execveat(2) after the chroot, where no path could reach it.
+    /// For an agent tool or the reaper: this binary (`/proc/self/exe`, opened `O_PATH`),
+    /// exec'd with execveat(2) after the chroot, where no path could reach it.
     tool_exe: Option<OwnedFd>,
+    /// New namespaces: the root's `/proc`, remounted for the new PID namespace.
+    new_ns_proc: Option<CString>,
+    /// Joining namespaces (the target's pidfd is given to [`ExecPlan::fork`]).
+    join: bool,
+    /// The status pipe, made before fork so the reaper's argv can name its write end.
+    status: Option<(OwnedFd, OwnedFd)>,
+    /// With `init`: clear close-on-exec on the status pipe's write end for the reaper.
+    pass_status: bool,
 }
 
 // SAFETY: the raw pointers point into the CStrings owned by the same plan, which are never
@@ -180,21 +214,46 @@ impl ExecPlan {
     /// environment has none. Errors describe invalid input (NUL bytes, unknown rlimits).
     pub fn new(spec: &ProcessSpec, root: &Path, user: &ExecUser) -> Result<Self, String> {
         let c = |s: &str| cstring(s).map_err(|e| e.to_string());
+        let status = sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let agent_exe = || {
+            sys::open(Path::new("/proc/self/exe"), libc::O_PATH)
+                .map_err(|e| format!("opening the agent binary: {e}"))
+        };
         let (args, tool_exe) = if spec.agent_tool {
-            let exe = sys::open(Path::new("/proc/self/exe"), libc::O_PATH)
-                .map_err(|e| format!("opening the agent binary: {e}"))?;
             let args = [TOOL_ARGV0, TOOL_ARG].map(String::from).into_iter();
-            (args.chain(spec.args.iter().cloned()).collect(), Some(exe))
+            (
+                args.chain(spec.args.iter().cloned()).collect(),
+                Some(agent_exe()?),
+            )
+        } else if spec.init {
+            let args = [TOOL_ARGV0, INIT_ARG].map(String::from).into_iter();
+            (
+                args.chain(spec.args.iter().cloned()).collect(),
+                Some(agent_exe()?),
+            )
         } else {
             (spec.args.clone(), None)
         };
-        let program = args.first().cloned().unwrap_or_default();
-        let (candidates, searched_path) = if tool_exe.is_some() {
+        // Messages name the program the user asked for, also behind the reaper.
+        let program = if spec.init {
+            spec.args.first().cloned().unwrap_or_default()
+        } else {
+            args.first().cloned().unwrap_or_default()
+        };
+        let (candidates, searched_path) = if spec.agent_tool {
             (Vec::new(), false)
         } else {
-            exec_candidates(&program, &spec.env)
+            let (list, searched) = exec_candidates(&program, &spec.env);
+            (if spec.init { Vec::new() } else { list }, searched)
+        };
+        let new_ns_proc = match spec.namespaces {
+            Namespaces::New => Some(cstring(root.join("proc")).map_err(|e| e.to_string())?),
+            _ => None,
         };
         let mut env = spec.env.clone();
+        if spec.init {
+            env.push(format!("{STATUS_FD_ENV}={}", status.1.as_raw_fd()));
+        }
         if !env.iter().any(|kv| kv.starts_with("HOME=")) {
             env.push(format!("HOME={}", user.home));
         }
@@ -248,24 +307,117 @@ impl ExecPlan {
             rlimits,
             empty_mask,
             tool_exe,
+            new_ns_proc,
+            join: matches!(spec.namespaces, Namespaces::Join(_)),
+            status: Some(status),
+            pass_status: spec.init,
         })
     }
 
-    /// Forks the child. Returns its pid and the read end of the status pipe (pass it to
-    /// [`wait_exec`]). The caller must be ready to have the pid reaped at any time after
-    /// this returns.
-    pub fn fork(&self, stdio: &ChildStdio<'_>) -> io::Result<(libc::pid_t, OwnedFd)> {
-        let (rd, wr) = sys::pipe()?;
-        // SAFETY: fork has no preconditions; the child branch only calls `child_main`, which
-        // restricts itself to async-signal-safe calls on memory prepared before the fork.
-        let pid = unsafe { libc::fork() };
+    /// Forks the child; `join` is the pidfd of the process whose namespaces a `Join`
+    /// plan enters. Returns its pid and the read end of the status pipe (pass it to
+    /// [`wait_exec`]). Runs once per plan. The caller must be ready to have the pid reaped
+    /// at any time after this returns.
+    pub fn fork(
+        &mut self,
+        stdio: &ChildStdio<'_>,
+        join: Option<BorrowedFd<'_>>,
+    ) -> io::Result<(libc::pid_t, OwnedFd)> {
+        let (rd, wr) = self.status.take().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "the plan was already forked")
+        })?;
+        if self.join != join.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a pidfd is needed exactly for joining namespaces",
+            ));
+        }
+        let this = &*self;
+        if let Some(target) = join {
+            let (pid_rd, pid_wr) = sys::pipe()?;
+            // SAFETY: as for fork below; the intermediate runs `join_main`, which only makes
+            // async-signal-safe calls on memory prepared before the fork.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: we are the freshly forked intermediate; see `join_main`.
+                unsafe { this.join_main(stdio, wr.as_raw_fd(), target, pid_wr.as_raw_fd()) }
+            }
+            let pid = sys::cvt(pid)?;
+            drop((wr, pid_wr));
+            // The child's pid; EOF if the intermediate failed, in which case its own pid
+            // stands in (it exits 127 and the status pipe says why).
+            let mut buf = [0u8; 4];
+            let n = sys::read_fd(pid_rd.as_fd(), &mut buf)?;
+            let pid = if n == 4 { i32::from_ne_bytes(buf) } else { pid };
+            return Ok((pid, rd));
+        }
+        let pid = match &this.new_ns_proc {
+            // SAFETY: a raw clone without a new stack is fork(2) minus glibc's atfork
+            // handlers; the child only calls `child_main` (async-signal-safe calls on memory
+            // prepared before the clone), so none of the state those handlers reset is used.
+            Some(_) => unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (NEW_NAMESPACES | libc::SIGCHLD) as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                ) as libc::pid_t
+            },
+            // SAFETY: fork has no preconditions; the child branch only calls `child_main`,
+            // which restricts itself to async-signal-safe calls on memory prepared before
+            // the fork.
+            None => unsafe { libc::fork() },
+        };
         if pid == 0 {
             // SAFETY: we are the freshly forked child; see `child_main`.
-            unsafe { self.child_main(stdio, wr.as_raw_fd()) }
+            unsafe { this.child_main(stdio, wr.as_raw_fd()) }
         }
         let pid = sys::cvt(pid)?;
         drop(wr);
         Ok((pid, rd))
+    }
+
+    /// The intermediate of a `Join`: enters the target's namespaces, clones the child as a
+    /// sibling (`CLONE_PARENT`), sends its pid and exits.
+    ///
+    /// # Safety
+    /// Must only be called in a child right after fork.
+    unsafe fn join_main(
+        &self,
+        stdio: &ChildStdio<'_>,
+        err_fd: RawFd,
+        target: BorrowedFd<'_>,
+        pid_fd: RawFd,
+    ) -> ! {
+        let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        // SAFETY (whole block): async-signal-safe syscalls only, on fds and memory prepared
+        // before the fork.
+        unsafe {
+            if libc::setns(target.as_raw_fd(), NEW_NAMESPACES) < 0 {
+                report_failure(err_fd, Stage::Namespaces, errno());
+            }
+            // A raw clone without a new stack: see `fork`.
+            let pid = libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            ) as libc::pid_t;
+            if pid == 0 {
+                libc::close(pid_fd);
+                self.child_main(stdio, err_fd)
+            }
+            if pid < 0 {
+                report_failure(err_fd, Stage::Namespaces, errno());
+            }
+            let buf = pid.to_ne_bytes();
+            libc::write(pid_fd, buf.as_ptr().cast(), buf.len());
+            libc::_exit(0)
+        }
     }
 
     /// The child side. Never returns: execs or `_exit(127)`s after reporting the failure.
@@ -281,6 +433,28 @@ impl ExecPlan {
             libc::sigprocmask(libc::SIG_SETMASK, &self.empty_mask, std::ptr::null_mut());
             // Rust ignores SIGPIPE; exec would keep that for the container process.
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if let Some(proc_dir) = &self.new_ns_proc {
+                // Nothing mounted from here on may leak back into the guest's namespace.
+                let flags = libc::MS_REC | libc::MS_PRIVATE;
+                let none = std::ptr::null();
+                if libc::mount(none, c"/".as_ptr(), none, flags, std::ptr::null()) < 0 {
+                    fail(Stage::Namespaces, errno());
+                }
+                // The copy of the guest-wide /proc goes; one of this PID namespace replaces
+                // it (only a member of the namespace can mount that).
+                libc::umount2(proc_dir.as_ptr(), libc::MNT_DETACH);
+                let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                if libc::mount(
+                    c"proc".as_ptr(),
+                    proc_dir.as_ptr(),
+                    c"proc".as_ptr(),
+                    flags,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    fail(Stage::Proc, errno());
+                }
+            }
             if libc::setsid() < 0 {
                 fail(Stage::Setsid, errno());
             }
@@ -324,17 +498,24 @@ impl ExecPlan {
                     fail(Stage::Chdir, e);
                 }
             }
-            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) < 0 {
+            // Raw syscalls, not glibc's wrappers: those broadcast the change to every
+            // thread glibc knows of, and after a raw clone it still knows the agent's
+            // threads, which this child does not have (it would wait for them forever).
+            if libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) < 0 {
                 fail(Stage::Setgroups, errno());
             }
-            if libc::setgid(self.gid) < 0 {
+            if libc::syscall(libc::SYS_setgid, self.gid) < 0 {
                 fail(Stage::Setgid, errno());
             }
-            if libc::setuid(self.uid) < 0 {
+            if libc::syscall(libc::SYS_setuid, self.uid) < 0 {
                 fail(Stage::Setuid, errno());
             }
             if !cwd_done && libc::chdir(self.cwd.as_ptr()) < 0 {
                 fail(Stage::Chdir, errno());
+            }
+            if self.pass_status {
+                // The reaper reports its program's exec failure on this fd.
+                libc::fcntl(err_fd, libc::F_SETFD, 0);
             }
             if let Some(exe) = &self.tool_exe {
                 libc::syscall(
@@ -404,13 +585,18 @@ impl ExecPlan {
                 errno_text(f.errno)
             ),
             Stage::Setsid => format!("setsid failed: {}", errno_text(f.errno)),
+            Stage::Namespaces => format!(
+                "entering the container's namespaces failed: {}",
+                errno_text(f.errno)
+            ),
+            Stage::Proc => format!("mounting /proc failed: {}", errno_text(f.errno)),
         };
         RpcError::process_start_failed(f.errno, msg)
     }
 }
 
 /// Child side: sends `(stage, errno)` to the parent and exits with 127.
-fn report_failure(err_fd: RawFd, stage: Stage, errno: i32) -> ! {
+pub(crate) fn report_failure(err_fd: RawFd, stage: Stage, errno: i32) -> ! {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&(stage as u32).to_be_bytes());
     msg[4..].copy_from_slice(&errno.to_be_bytes());
@@ -426,7 +612,7 @@ pub fn wait_exec(rd: OwnedFd) -> io::Result<Result<(), ExecFailure>> {
     let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
-        match sys::read_fd(std::os::fd::AsFd::as_fd(&rd), &mut buf[got..])? {
+        match sys::read_fd(rd.as_fd(), &mut buf[got..])? {
             0 => break,
             n => got += n,
         }
@@ -500,6 +686,8 @@ mod tests {
             rootfs: None,
             rlimits: vec![],
             agent_tool: false,
+            namespaces: Default::default(),
+            init: false,
         };
         let user = ExecUser {
             uid: 0,

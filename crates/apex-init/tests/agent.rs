@@ -6,8 +6,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use apex_agent_proto::api::{
-    self, Call, ExitStatus, KillProcess, PingResult, ProcessRef, ProcessStarted, ResizeTty, Stats,
-    User,
+    self, Call, ExitStatus, KillProcess, Namespaces, PingResult, ProcessRef, ProcessStarted,
+    ResizeTty, Stats, User,
 };
 use apex_agent_proto::rpc::{codes, ProcessStartFailed};
 use harness::*;
@@ -523,4 +523,99 @@ fn set_network_in_test_mode_writes_files_and_forwards_ports() {
     let mut back = Vec::new();
     s.read_to_end(&mut back).unwrap();
     assert_eq!(back, b"pong");
+}
+
+#[test]
+fn main_process_gets_its_own_namespaces_and_execs_join_them() {
+    need_root!();
+    let agent = Agent::start();
+    let c = agent.connect();
+    let mut main = spec(&["sh", "-c", "echo pid=$$; hostname ctr; read x; echo bye"]);
+    main.namespaces = Namespaces::New;
+    let mut io = create(&c, &agent, &mut main, true, true, true).unwrap();
+    start(&c, &main.id).unwrap();
+    io.stdout.as_ref().unwrap().wait_for("pid=1\n");
+
+    // An exec sees the same PID namespace, /proc and hostname; the guest keeps its own.
+    let mut ex = spec(&["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'; hostname"]);
+    ex.namespaces = Namespaces::Join(main.id.clone());
+    let (st, out, err) = run(&c, &agent, ex);
+    assert_eq!(st, ok(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let exec_pid: u32 = lines[0].parse().unwrap();
+    assert!(exec_pid > 1 && exec_pid < 10, "{out}");
+    // sh (main), sh (exec), ls and grep: nothing from outside.
+    assert_eq!(lines[1], "4", "{out}");
+    assert_eq!(lines[2], "ctr");
+    assert_ne!(nix_hostname(), "ctr");
+
+    io.write_stdin(b"\n");
+    assert_eq!(c.wait(&main.id), ok(0));
+    io.stdout.as_ref().unwrap().wait_for("bye\n");
+
+    // Joining a process that has exited is refused.
+    let mut late = spec(&["true"]);
+    late.namespaces = Namespaces::Join(main.id.clone());
+    let late_io = HostStdio::new(&agent, false, false, false);
+    late_io.apply(&mut late);
+    c.call(&Call::CreateProcess(late.clone())).unwrap();
+    let _ = late_io.accept();
+    let e = start(&c, &late.id).unwrap_err();
+    assert!(e.message.contains("not running"), "{}", e.message);
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn init_reaps_forwards_signals_and_reports_exec_failures() {
+    need_root!();
+    let agent = Agent::start();
+    let c = agent.connect();
+    // PID 1 of its namespace without a handler: SIGTERM is ignored.
+    let mut bare = spec(&["sleep", "30"]);
+    bare.namespaces = Namespaces::New;
+    let _io = create(&c, &agent, &mut bare, false, true, true).unwrap();
+    start(&c, &bare.id).unwrap();
+    c.call(&Call::KillProcess(KillProcess {
+        id: bare.id.clone(),
+        signal: libc::SIGTERM,
+    }))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    c.call(&Call::KillProcess(KillProcess {
+        id: bare.id.clone(),
+        signal: libc::SIGKILL,
+    }))
+    .unwrap();
+    assert_eq!(c.wait(&bare.id).signal, Some(libc::SIGKILL));
+
+    // Behind --init the program is PID 2 and gets SIGTERM's default action.
+    let mut s = spec(&["sh", "-c", "echo $$; sleep 30 & wait"]);
+    s.namespaces = Namespaces::New;
+    s.init = true;
+    let io = create(&c, &agent, &mut s, false, true, true).unwrap();
+    start(&c, &s.id).unwrap();
+    io.stdout.as_ref().unwrap().wait_for("2\n");
+    c.call(&Call::KillProcess(KillProcess {
+        id: s.id.clone(),
+        signal: libc::SIGTERM,
+    }))
+    .unwrap();
+    assert_eq!(c.wait(&s.id), ok(128 + libc::SIGTERM));
+
+    // A program that does not exist fails the start, as without --init.
+    let mut missing = spec(&["no-such-program"]);
+    missing.namespaces = Namespaces::New;
+    missing.init = true;
+    let _io = create(&c, &agent, &mut missing, false, true, true).unwrap();
+    let e = start(&c, &missing.id).unwrap_err();
+    assert_eq!(
+        e.message,
+        "exec: \"no-such-program\": executable file not found in $PATH"
+    );
 }

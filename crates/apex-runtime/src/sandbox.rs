@@ -78,6 +78,9 @@ pub struct Sandbox {
     mounts: api::SetupMounts,
     /// Whether the writable layer is a disk (to be synced before the VM goes).
     writable_disk: bool,
+    /// The agent id of the container's main process, whose namespaces later processes
+    /// join (see [`Sandbox::spawn_main`]).
+    main: std::sync::Mutex<Option<String>>,
 }
 
 /// Where shared caches (initramfs, accelerator probe) live: `$APEX_CACHE_DIR`, else
@@ -232,6 +235,10 @@ impl Sandbox {
             "apex.rootfstype=erofs".into(),
             format!("apex.hostname={}", cfg.hostname),
         ];
+        // The agent's debug log on the VM console (console.log in the state directory).
+        if std::env::var_os("APEX_GUEST_DEBUG").is_some() {
+            cmdline.push("apex.debug=1".into());
+        }
         let mut disks = vec![Disk {
             id: "root".into(),
             path: cfg.fs.rootfs.clone(),
@@ -284,6 +291,7 @@ impl Sandbox {
             next_proc: AtomicU32::new(1),
             mounts: plan.setup,
             writable_disk: cfg.fs.upper_disk.is_some(),
+            main: std::sync::Mutex::new(None),
         })
     }
 
@@ -351,9 +359,28 @@ impl Sandbox {
         .await
     }
 
-    /// Starts a process; its stdio arrives as vsock streams.
+    /// Starts the container's main process: PID 1 of its own PID namespace, with its own
+    /// mount, UTS and IPC namespaces, which every later process joins.
+    pub async fn spawn_main(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
+        let p = self
+            .spawn_wire(spec, stdin, false, api::Namespaces::New)
+            .await?;
+        *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.id.clone());
+        Ok(p)
+    }
+
+    /// The namespaces of a process started next: the main process's, once there is one.
+    fn joined(&self) -> api::Namespaces {
+        match &*self.main.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(id) => api::Namespaces::Join(id.clone()),
+            None => api::Namespaces::Guest,
+        }
+    }
+
+    /// Starts a process (an exec: in the main process's namespaces once it was started);
+    /// its stdio arrives as vsock streams.
     pub async fn spawn(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
-        self.spawn_wire(spec, stdin, false).await
+        self.spawn_wire(spec, stdin, false, self.joined()).await
     }
 
     /// Starts one of the agent's built-in tools (see [`api::tools`]) as root, with
@@ -365,11 +392,18 @@ impl Sandbox {
             cwd: "/".into(),
             user: "0".into(),
             terminal: false,
+            init: false,
         };
-        self.spawn_wire(&spec, stdin, true).await
+        self.spawn_wire(&spec, stdin, true, self.joined()).await
     }
 
-    async fn spawn_wire(&self, spec: &ProcessSpec, stdin: bool, tool: bool) -> Result<Process> {
+    async fn spawn_wire(
+        &self,
+        spec: &ProcessSpec,
+        stdin: bool,
+        tool: bool,
+        namespaces: api::Namespaces,
+    ) -> Result<Process> {
         let id = format!("p{}", self.next_proc.fetch_add(1, Ordering::Relaxed));
         let base = self.next_port.fetch_add(3, Ordering::Relaxed);
         let (in_port, out_port, err_port) = (
@@ -399,6 +433,8 @@ impl Sandbox {
             rootfs: None,
             rlimits: vec![],
             agent_tool: tool,
+            namespaces,
+            init: spec.init,
         };
         // exec_process = create + start in one round trip; the guest connects the stdio
         // ports before it starts the process and answers.

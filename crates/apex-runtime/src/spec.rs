@@ -123,6 +123,9 @@ pub struct ProcessSpec {
     pub user: String,
     /// Allocate a terminal.
     pub terminal: bool,
+    /// Run a reaping init in front of the process (`--init`; main processes only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
 }
 
 /// Environment variables in first-set order, later values winning.
@@ -245,6 +248,7 @@ pub fn resolve(
         cwd,
         user,
         terminal: o.tty,
+        init: false,
     })
 }
 

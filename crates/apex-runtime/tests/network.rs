@@ -126,6 +126,7 @@ fn spec(args: &[&str]) -> ProcessSpec {
         cwd: "/".into(),
         user: String::new(),
         terminal: false,
+        init: false,
     }
 }
 

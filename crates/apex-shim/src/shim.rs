@@ -238,7 +238,7 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         }
     }
     let proc = tokio::select! {
-        p = sandbox.spawn(&cfg.process, cfg.stdin_open) => p,
+        p = sandbox.spawn_main(&cfg.process, cfg.stdin_open) => p,
         _ = shim.abort.notified() => return shim.exit_from_abort(),
     };
     let Process {
@@ -729,6 +729,7 @@ fn exec_spec(base: &ProcessSpec, spec: &ExecSpec) -> ProcessSpec {
         cwd: spec.workdir.clone().unwrap_or_else(|| base.cwd.clone()),
         user: spec.user.clone().unwrap_or_else(|| base.user.clone()),
         terminal: spec.tty,
+        init: false,
     }
 }
 
@@ -748,6 +749,7 @@ mod tests {
             cwd: "/srv".into(),
             user: "app".into(),
             terminal: false,
+            init: false,
         };
         let s = exec_spec(
             &base,

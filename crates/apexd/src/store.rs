@@ -468,6 +468,7 @@ pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> Contai
                 cwd: "/".into(),
                 user: "0".into(),
                 terminal: false,
+                init: false,
             },
             stdin_open: false,
             cpus: 1,

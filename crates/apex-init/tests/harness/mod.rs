@@ -56,6 +56,24 @@ pub fn build_root(root: &Path) {
     )
     .unwrap();
     std::fs::write(root.join("etc/not-executable"), "#!/bin/sh\necho no\n").unwrap();
+    copy_agent_libraries(root);
+}
+
+/// The shared libraries of the agent binary (built for the host, unlike the guest's static
+/// one), so that the agent's tools and reaper can run chrooted in the root.
+fn copy_agent_libraries(root: &Path) {
+    let out = Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_apex-init"))
+        .output()
+        .expect("ldd");
+    for word in String::from_utf8(out.stdout).unwrap().split_whitespace() {
+        let lib = Path::new(word);
+        if lib.is_absolute() && lib.exists() {
+            let dest = root.join(lib.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(lib, dest).unwrap();
+        }
+    }
 }
 
 /// A running agent in test mode; killed on drop.
@@ -300,6 +318,8 @@ pub fn spec(args: &[&str]) -> ProcessSpec {
         rootfs: None,
         rlimits: vec![],
         agent_tool: false,
+        namespaces: Default::default(),
+        init: false,
     }
 }
 

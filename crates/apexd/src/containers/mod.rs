@@ -686,7 +686,10 @@ impl Containers {
             cpus: rec.config.cpus,
             memory_mib: rec.config.memory_mib,
             boot_timeout_s: rec.config.boot_timeout_s,
-            process: rec.config.process.clone(),
+            process: apex_runtime::spec::ProcessSpec {
+                init: rec.config.init,
+                ..rec.config.process.clone()
+            },
             stdin_open: rec.config.stdin_open,
             wait_attach,
             log_max_bytes: LOG_MAX_BYTES,
