@@ -13,7 +13,10 @@ APT_PACKAGES=(
   qemu-system-x86 docker-registry e2fsprogs erofs-utils busybox-static skopeo apache2-utils
   libseccomp-dev libcap-ng-dev debootstrap cpio kmod jq pkg-config iproute2 nftables
   hyperfine zstd socat ca-certificates bc gcc libc6-dev
+  docker-compose python3-venv bsdutils
 )
+# Docker API clients for the tests, from PyPI, in their own venv.
+APEX_PYTHON_PACKAGES=("docker>=7,<8" "testcontainers>=4,<5")
 
 install_apt() {
   local missing=()
@@ -58,7 +61,32 @@ install_backends() {
   command -v virtiofsd >/dev/null || { log "building virtiofsd"; cargo install --quiet --locked virtiofsd; }
 }
 
+# The docker CLI: the one on the machine if any (28.x here), else Debian's (docker.io,
+# whose daemon is left stopped and disabled: Apex serves the API itself).
+install_docker_cli() {
+  command -v docker >/dev/null && return
+  log "apt: installing docker.io for its docker CLI"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  if command -v systemctl >/dev/null; then
+    systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+  fi
+}
+
+# docker-py and testcontainers-python in $APEX_ASSETS/python (Debian's python3 is
+# externally managed, so not into the system site-packages).
+install_python_clients() {
+  local venv=$APEX_ASSETS/python
+  if [[ -x $venv/bin/python3 ]] && "$venv/bin/python3" -c 'import docker, testcontainers' 2>/dev/null; then
+    return
+  fi
+  log "python: docker-py and testcontainers into $venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${APEX_PYTHON_PACKAGES[@]}"
+}
+
 install_apt
+install_docker_cli
+install_python_clients
 install_kernel
 install_backends
 log "dependencies ready (assets in $APEX_ASSETS)"

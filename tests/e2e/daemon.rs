@@ -116,11 +116,22 @@ fn start_status_version_df_stop() {
     assert_eq!(st["images"].as_u64(), Some(0));
     assert!(st["accelerator"].is_string());
 
-    // Files: socket 0600 in a 0700 run dir, pid file, log, state database.
+    // Files: socket 0600 in a 0700 run dir (0710 for group docker, which may reach
+    // docker.sock, 0660, when the group exists), pid file, log, state database.
     let sock = d.path("run/apex.sock");
     assert!(std::fs::metadata(&sock).unwrap().file_type().is_socket());
     assert_eq!(mode(&sock), 0o600);
-    assert_eq!(mode(&d.path("run")), 0o700);
+    let docker_group = std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("docker:"));
+    let (run_mode, docker_mode) = if docker_group {
+        (0o710, 0o660)
+    } else {
+        (0o700, 0o600)
+    };
+    assert_eq!(mode(&d.path("run")), run_mode);
+    assert_eq!(mode(&d.path("run/docker.sock")), docker_mode);
     let pid_file = std::fs::read_to_string(d.path("run/apexd.pid")).unwrap();
     assert_eq!(pid_file.trim(), pid.to_string());
     assert!(d.path("db/state.redb").is_file());

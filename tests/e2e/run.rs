@@ -207,8 +207,8 @@ fn start_failures_have_docker_exit_codes() {
     assert_clean(&e.home);
 }
 
-/// Starts `apex run IMAGE sh -c 'echo up; exec sleep 300'` and returns once the container
-/// process is running.
+/// Starts a container whose PID 1 exits 143 on SIGTERM (PID 1 of a namespace only gets
+/// the signals it handles, as in docker) and returns once it runs.
 fn start_sleeper(e: &Env) -> Child {
     let mut cmd = e.home.cmd();
     cmd.args([
@@ -217,7 +217,7 @@ fn start_sleeper(e: &Env) -> Child {
         &e.image,
         "sh",
         "-c",
-        "echo up; exec sleep 300",
+        "trap 'exit 143' TERM; echo up; while :; do sleep 1; done",
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -239,6 +239,57 @@ fn signals_are_forwarded_to_the_container() {
     .unwrap();
     let out = wait_deadline(child, Duration::from_secs(60));
     assert_eq!(out.status.code(), Some(143), "{out:?}");
+    assert_clean(&e.home);
+}
+
+#[test]
+fn the_process_model_is_dockers() {
+    let e = env();
+    // PID 1 of its own namespaces: only its processes, its /proc, none of the guest's
+    // mounts, and SIGTERM without a handler is ignored (docker stop then needs SIGKILL).
+    let script = "echo $$; ps -o pid | tail -n +2 | wc -l; grep -c /run/apex /proc/mounts; \
+                  kill -TERM 1; echo alive";
+    let out = run_with(
+        &e.home,
+        &["run", "--rm", &e.image, "sh", "-c", script],
+        None,
+    );
+    out.assert_ok();
+    let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
+    // sh, ps (the pipeline's other processes are sh's children too).
+    assert_eq!(lines[0], "1", "{}", out.dump());
+    let procs: u32 = lines[1].parse().unwrap();
+    assert!((2..=4).contains(&procs), "{}", out.dump());
+    assert_eq!(lines[2..], ["0", "alive"], "{}", out.dump());
+
+    // --init: the reaper is PID 1, the command PID 2 gets signals' default actions, and
+    // an exec joins the same namespaces.
+    let out = run_with(
+        &e.home,
+        &[
+            "run", "-d", "--init", "--name", "i", &e.image, "sleep", "300",
+        ],
+        None,
+    );
+    out.assert_ok();
+    let ps = run_with(&e.home, &["exec", "i", "ps", "-o", "pid,args"], None);
+    ps.assert_ok();
+    let rows: Vec<&str> = ps.stdout.lines().skip(1).map(str::trim).collect();
+    assert!(
+        rows[0].starts_with("1 ") && rows[0].contains("apex-init -- sleep 300"),
+        "{}",
+        ps.dump()
+    );
+    assert!(rows[1].starts_with("2 sleep 300"), "{}", ps.dump());
+    let t0 = Instant::now();
+    run_with(&e.home, &["stop", "i"], None).assert_ok();
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "stop waited for SIGKILL"
+    );
+    let code = e.home.apex_json(&["inspect", "i"])[0]["exit_code"].clone();
+    assert_eq!(code, 143);
+    e.home.run(&["rm", "i"]).assert_ok();
     assert_clean(&e.home);
 }
 

@@ -59,6 +59,9 @@ pub struct ShimConfig {
     /// starts (a failure ends the container with exit code 125).
     #[serde(default)]
     pub network: Option<apex_agent_proto::api::SetNetwork>,
+    /// The healthcheck, run in the guest while the main process runs.
+    #[serde(default)]
+    pub healthcheck: Option<apex_runtime::spec::HealthConfig>,
 }
 
 /// Paths inside one bundle.

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use apex_shim::bundle::Bundle;
 use clap::Parser;
 
+mod health;
 mod shim;
 
 /// The per-container helper; apexd starts it, users do not.

@@ -43,6 +43,9 @@ pub enum Request {
     },
     /// Block until the main process exits.
     Wait,
+    /// The [`Status`] now, then again at each change (health, phase) until the phase is
+    /// [`Phase::Exited`]: one response frame each.
+    Watch,
     /// CPU and memory from the guest.
     Stats,
     /// Stops (`paused`) or resumes the VM's vCPUs.
@@ -117,6 +120,9 @@ pub struct Status {
     /// [`apex_runtime::sandbox::forward_at`]).
     #[serde(default)]
     pub vm_dir: Option<std::path::PathBuf>,
+    /// The healthcheck's results, when the container has one and runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// A container's health, from its healthcheck (Docker's `Health`).
@@ -244,11 +250,45 @@ pub async fn request<T: for<'de> Deserialize<'de>>(
     req: &Request,
 ) -> Result<T, ShimError> {
     let (v, _) = call(sock, req).await?;
-    serde_json::from_value(v).map_err(|e| {
-        ShimError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("bad answer: {e}"),
-        ))
+    serde_json::from_value(v).map_err(bad_answer)
+}
+
+fn bad_answer(e: impl std::fmt::Display) -> ShimError {
+    ShimError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("bad answer: {e}"),
+    ))
+}
+
+/// The statuses of a [`Request::Watch`].
+pub struct StatusWatch {
+    first: Option<Status>,
+    stream: UnixStream,
+}
+
+impl StatusWatch {
+    /// The next status; `None` once the shim closed the connection (after the exited
+    /// status, or because it died).
+    pub async fn next(&mut self) -> Result<Option<Status>, ShimError> {
+        if let Some(st) = self.first.take() {
+            return Ok(Some(st));
+        }
+        let Some(f) = stream::read_frame(&mut self.stream).await? else {
+            return Ok(None);
+        };
+        let resp: Response = f.parse()?;
+        serde_json::from_value(resp.value)
+            .map(Some)
+            .map_err(bad_answer)
+    }
+}
+
+/// Sends [`Request::Watch`].
+pub async fn watch(sock: &Path) -> Result<StatusWatch, ShimError> {
+    let (v, stream) = call(sock, &Request::Watch).await?;
+    Ok(StatusWatch {
+        first: Some(serde_json::from_value(v).map_err(bad_answer)?),
+        stream,
     })
 }
 

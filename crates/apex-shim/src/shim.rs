@@ -65,6 +65,7 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
         started_at: None,
         exit: None,
         vm_dir: None,
+        health: None,
     });
     let shim = Arc::new(Shim {
         cfg,
@@ -271,6 +272,19 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
     let _ = shim.output.send(Frame::new(Kind::Started, Vec::new()));
     let out = tokio::spawn(pump(shim.clone(), stdout, Stream::Stdout));
     let err = stderr.map(|s| tokio::spawn(pump(shim.clone(), s, Stream::Stderr)));
+    let checks = cfg
+        .healthcheck
+        .as_ref()
+        .and_then(crate::health::Check::new)
+        .map(|check| {
+            let (shim, sandbox) = (shim.clone(), sandbox.clone());
+            tokio::spawn(async move {
+                crate::health::run(&sandbox, &shim.cfg.process, check, |h| {
+                    shim.status.send_modify(|s| s.health = Some(h.clone()));
+                })
+                .await
+            })
+        });
 
     let exit = tokio::select! {
         st = sandbox.agent().wait_process(&id) => match st {
@@ -279,6 +293,9 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         },
         _ = shim.abort.notified() => shim.exit_from_abort(),
     };
+    if let Some(c) = checks {
+        c.abort();
+    }
     let _ = tokio::time::timeout(OUTPUT_DRAIN, out).await;
     if let Some(e) = err {
         let _ = tokio::time::timeout(OUTPUT_DRAIN, e).await;
@@ -371,6 +388,16 @@ async fn handle(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
             match st {
                 Ok(s) => answer(&mut conn, Response::ok(&s.exit)).await?,
                 Err(_) => answer(&mut conn, Response::err("shim is exiting")).await?,
+            }
+        }
+        Request::Watch => {
+            let mut rx = shim.status.subscribe();
+            loop {
+                let st = rx.borrow_and_update().clone();
+                answer(&mut conn, Response::ok(&st)).await?;
+                if st.phase == Phase::Exited || rx.changed().await.is_err() {
+                    break;
+                }
             }
         }
         Request::Kill { signal } => {
@@ -733,7 +760,8 @@ fn exec_spec(base: &ProcessSpec, spec: &ExecSpec) -> ProcessSpec {
     }
 }
 
-fn now() -> String {
+/// The current time, RFC 3339 with nanoseconds.
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 

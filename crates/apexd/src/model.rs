@@ -315,6 +315,9 @@ pub struct CreateRequest {
 
 pub use apex_runtime::spec::HealthConfig;
 
+/// A container's health before its first healthcheck passed.
+pub const HEALTH_STARTING: &str = "starting";
+
 /// What a mount is (Docker's mount types).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use apex_runtime::spec::{self, ImageProcessConfig, RunOverrides};
 use apex_shim::bundle::{Bundle, ShimConfig};
-use apex_shim::proto::{self, ExecSpec, Request, ShimError, Stats};
+use apex_shim::proto::{self, ExecSpec, Health, Phase, Request, ShimError, Stats};
 use apex_shim::stream::Exit;
 use tokio::net::UnixStream;
 use tokio::sync::broadcast;
@@ -695,6 +695,7 @@ impl Containers {
             log_max_bytes: LOG_MAX_BYTES,
             nics: net.as_ref().map(|n| n.nics.clone()).unwrap_or_default(),
             network: net.map(|n| n.guest),
+            healthcheck: rec.config.healthcheck.clone(),
         };
         let spawned = async {
             bundle.write_config(&cfg).map_err(|e| {
@@ -715,6 +716,7 @@ impl Containers {
             }
         };
         rec.state = ContainerState::Running;
+        rec.health = None;
         rec.started_at = Some(now());
         rec.finished_at = None;
         rec.exit_code = None;
@@ -816,10 +818,21 @@ impl Containers {
     fn monitor(self: Arc<Self>, id: String, shim_pid: u32) {
         tokio::spawn(async move {
             let bundle = self.bundle(&id);
-            let res = proto::request::<Option<Exit>>(&bundle.socket(), &Request::Wait).await;
-            let exit = match res {
-                Ok(Some(e)) => e,
-                Ok(None) | Err(_) => {
+            let mut exit = None;
+            if let Ok(mut statuses) = proto::watch(&bundle.socket()).await {
+                while let Ok(Some(st)) = statuses.next().await {
+                    if st.phase == Phase::Exited {
+                        exit = st.exit;
+                        break;
+                    }
+                    if let Some(h) = st.health {
+                        self.on_health(&id, shim_pid, h).await;
+                    }
+                }
+            }
+            let exit = match exit {
+                Some(e) => e,
+                None => {
                     // Gone without answering: give it a moment to finish writing.
                     wait_pid_gone(shim_pid, Duration::from_secs(3)).await;
                     bundle.read_exit().unwrap_or_else(|| Exit {
@@ -834,6 +847,27 @@ impl Containers {
             wait_pid_gone(shim_pid, Duration::from_secs(5)).await;
             self.on_exit(&id, shim_pid, exit).await;
         });
+    }
+
+    /// Records a healthcheck result of the shim `shim_pid`; a new status is an event
+    /// (`health_status: healthy`).
+    async fn on_health(&self, id: &str, shim_pid: u32, health: Health) {
+        let lock = self.lock_of(id);
+        let _g = lock.lock().await;
+        let Ok(Some(mut rec)) = self.store.get(id) else {
+            return;
+        };
+        if rec.shim_pid != Some(shim_pid) || rec.health.as_ref() == Some(&health) {
+            return;
+        }
+        // Docker announces healthy and unhealthy, not the initial `starting`.
+        let changed = rec.health.as_ref().map(|h| &h.status) != Some(&health.status)
+            && health.status != crate::model::HEALTH_STARTING;
+        rec.health = Some(health);
+        if self.put(&rec).is_ok() && changed {
+            let status = &rec.health.as_ref().expect("just set").status;
+            self.event(&rec, &format!("health_status: {status}"), &[]);
+        }
     }
 
     /// Records an exit of the shim `shim_pid` and applies the restart policy.
@@ -1259,7 +1293,17 @@ pub fn summary(r: &ContainerRecord) -> ContainerSummary {
     };
     let status = match r.state {
         ContainerState::Created => "Created".to_string(),
-        ContainerState::Running => format!("Up {}", since(&r.started_at)),
+        ContainerState::Running => {
+            let up = format!("Up {}", since(&r.started_at));
+            match &r.health {
+                _ if r.paused => format!("{up} (Paused)"),
+                Some(h) if h.status == crate::model::HEALTH_STARTING => {
+                    format!("{up} (health: starting)")
+                }
+                Some(h) => format!("{up} ({})", h.status),
+                None => up,
+            }
+        }
         ContainerState::Restarting => {
             format!(
                 "Restarting ({}) {} ago",

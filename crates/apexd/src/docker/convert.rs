@@ -147,20 +147,7 @@ pub fn state_name(rec: &ContainerRecord) -> &'static str {
 
 /// Docker's status line: `Up 5 seconds (healthy)`, `Exited (0) 2 minutes ago`.
 pub fn status_text(rec: &ContainerRecord) -> String {
-    let mut s = crate::containers::summary(rec).status;
-    if rec.paused {
-        s.push_str(" (Paused)");
-    } else if rec.state == ContainerState::Running {
-        if let Some(h) = &rec.health {
-            let shown = if h.status == "starting" {
-                "health: starting"
-            } else {
-                &h.status
-            };
-            s.push_str(&format!(" ({shown})"));
-        }
-    }
-    s
+    crate::containers::summary(rec).status
 }
 
 /// Published ports as Docker's `PortBindings`/`Ports` map (`"80/tcp": [{...}]`), with
