@@ -8,11 +8,14 @@
 //! - [`env`]: registry + busybox + pulled home, ready for VM tests;
 //! - [`net`]: the same with the network test image (httpd, nslookup, a UDP/TCP echo server);
 //! - [`apex`]: helpers that run the `apex` CLI binary with an isolated `APEX_HOME`;
+//! - [`docker`]: the docker CLI, docker-compose, docker-py and testcontainers against a
+//!   home's docker.sock, with a local registry as the docker.io mirror;
 //! - [`fsbench`]: a static filesystem benchmark for the host and containers.
 
 #![warn(missing_docs)]
 
 pub mod apex;
+pub mod docker;
 pub mod env;
 pub mod fsbench;
 pub mod images;

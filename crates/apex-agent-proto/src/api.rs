@@ -526,6 +526,9 @@ pub struct ProcessSpec {
     /// status of `args`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init: bool,
+    /// With `terminal`: its size from the start, `(rows, columns)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<(u16, u16)>,
 }
 
 /// Which namespaces a process runs in.
@@ -690,6 +693,7 @@ mod tests {
             agent_tool: false,
             namespaces: Default::default(),
             init: false,
+            tty_size: None,
         }
     }
 
@@ -794,6 +798,7 @@ mod tests {
                 agent_tool: true,
                 namespaces: Default::default(),
                 init: false,
+                tty_size: None,
                 ..spec("exec-1")
             }),
             Call::Stats,

@@ -250,12 +250,18 @@ impl Processes {
             pty: None,
         };
         if spec.terminal {
-            prepared.pty = Some(pty::open(&proc.root).map_err(|e| {
+            let os = |e: std::io::Error, what: &str| {
                 RpcError::os_error(
                     e.raw_os_error().unwrap_or(libc::EIO),
-                    format!("allocating a pty: {e}"),
+                    format!("{what}: {e}"),
                 )
-            })?);
+            };
+            let pty = pty::open(&proc.root).map_err(|e| os(e, "allocating a pty"))?;
+            if let Some((rows, cols)) = spec.tty_size {
+                pty::set_winsize(pty.master.as_fd(), rows, cols)
+                    .map_err(|e| os(e, "TIOCSWINSZ"))?;
+            }
+            prepared.pty = Some(pty);
         }
         Ok(prepared)
     }

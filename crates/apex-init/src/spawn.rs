@@ -688,6 +688,7 @@ mod tests {
             agent_tool: false,
             namespaces: Default::default(),
             init: false,
+            tty_size: None,
         };
         let user = ExecUser {
             uid: 0,

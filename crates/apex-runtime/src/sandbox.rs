@@ -361,9 +361,15 @@ impl Sandbox {
 
     /// Starts the container's main process: PID 1 of its own PID namespace, with its own
     /// mount, UTS and IPC namespaces, which every later process joins.
-    pub async fn spawn_main(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
+    /// `tty_size` (rows, columns) is the terminal's size from the start.
+    pub async fn spawn_main(
+        &self,
+        spec: &ProcessSpec,
+        stdin: bool,
+        tty_size: Option<(u16, u16)>,
+    ) -> Result<Process> {
         let p = self
-            .spawn_wire(spec, stdin, false, api::Namespaces::New)
+            .spawn_wire(spec, stdin, false, api::Namespaces::New, tty_size)
             .await?;
         *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.id.clone());
         Ok(p)
@@ -380,7 +386,8 @@ impl Sandbox {
     /// Starts a process (an exec: in the main process's namespaces once it was started);
     /// its stdio arrives as vsock streams.
     pub async fn spawn(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
-        self.spawn_wire(spec, stdin, false, self.joined()).await
+        self.spawn_wire(spec, stdin, false, self.joined(), None)
+            .await
     }
 
     /// Starts one of the agent's built-in tools (see [`api::tools`]) as root, with
@@ -394,7 +401,8 @@ impl Sandbox {
             terminal: false,
             init: false,
         };
-        self.spawn_wire(&spec, stdin, true, self.joined()).await
+        self.spawn_wire(&spec, stdin, true, self.joined(), None)
+            .await
     }
 
     async fn spawn_wire(
@@ -403,6 +411,7 @@ impl Sandbox {
         stdin: bool,
         tool: bool,
         namespaces: api::Namespaces,
+        tty_size: Option<(u16, u16)>,
     ) -> Result<Process> {
         let id = format!("p{}", self.next_proc.fetch_add(1, Ordering::Relaxed));
         let base = self.next_port.fetch_add(3, Ordering::Relaxed);
@@ -435,6 +444,7 @@ impl Sandbox {
             agent_tool: tool,
             namespaces,
             init: spec.init,
+            tty_size: tty_size.filter(|_| spec.terminal),
         };
         // exec_process = create + start in one round trip; the guest connects the stdio
         // ports before it starts the process and answers.

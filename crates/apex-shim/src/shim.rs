@@ -36,6 +36,8 @@ struct Shim {
     stdin: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
     sandbox: OnceLock<Arc<Sandbox>>,
     main_id: OnceLock<String>,
+    /// The terminal size clients asked for (kept from before the start, for the pty).
+    tty_size: Mutex<Option<(u16, u16)>>,
     log: Mutex<LogWriter>,
     /// The first client attached (for `wait_attach`).
     attached: Notify,
@@ -75,6 +77,7 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
         stdin: tokio::sync::Mutex::new(None),
         sandbox: OnceLock::new(),
         main_id: OnceLock::new(),
+        tty_size: Mutex::new(None),
         log: Mutex::new(log),
         attached: Notify::new(),
         abort: Notify::new(),
@@ -146,6 +149,10 @@ impl Shim {
                 reason: Some("killed".into()),
                 error: None,
             })
+    }
+
+    fn tty_size(&self) -> Option<(u16, u16)> {
+        self.tty_size.lock().ok().and_then(|s| *s)
     }
 
     fn phase(&self) -> Phase {
@@ -238,8 +245,9 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
             _ = shim.abort.notified() => return shim.exit_from_abort(),
         }
     }
+    let size = shim.tty_size();
     let proc = tokio::select! {
-        p = sandbox.spawn_main(&cfg.process, cfg.stdin_open) => p,
+        p = sandbox.spawn_main(&cfg.process, cfg.stdin_open, size) => p,
         _ = shim.abort.notified() => return shim.exit_from_abort(),
     };
     let Process {
@@ -262,6 +270,10 @@ async fn run_main(shim: &Arc<Shim>) -> Exit {
         }
     };
     let _ = shim.main_id.set(id.clone());
+    // A resize that came while the process was being started.
+    if let Some((rows, cols)) = shim.tty_size().filter(|s| Some(*s) != size) {
+        let _ = sandbox.agent().resize_tty(&id, rows, cols).await;
+    }
     if let Some(s) = stdin {
         *shim.stdin.lock().await = Some(s.into_split().1);
     }
@@ -417,12 +429,9 @@ async fn handle(shim: Arc<Shim>, mut conn: UnixStream) -> Result<()> {
             answer(&mut conn, r).await?
         }
         Request::Resize { rows, cols } => {
-            let r = match (shim.sandbox.get(), shim.main_id.get()) {
-                (Some(sb), Some(id)) => match sb.agent().resize_tty(id, rows, cols).await {
-                    Ok(()) => Response::ok(&()),
-                    Err(e) => Response::err(format!("cannot resize: {e}")),
-                },
-                _ => Response::err("container is not running"),
+            let r = match resize(&shim, rows, cols).await {
+                Ok(()) => Response::ok(&()),
+                Err(e) => Response::err(format!("cannot resize: {e}")),
             };
             answer(&mut conn, r).await?
         }
@@ -582,14 +591,34 @@ async fn attach(shim: Arc<Shim>, mut conn: UnixStream, want_stdin: bool) -> Resu
     res
 }
 
+/// Sets the main process's terminal size; before it starts, the size it starts with.
+async fn resize(shim: &Shim, rows: u16, cols: u16) -> Result<(), AgentError> {
+    if let Ok(mut s) = shim.tty_size.lock() {
+        *s = Some((rows, cols));
+    }
+    match (shim.sandbox.get(), shim.main_id.get()) {
+        (Some(sb), Some(id)) => sb.agent().resize_tty(id, rows, cols).await,
+        _ => Ok(()),
+    }
+}
+
 /// Applies one client frame to the main process.
 async fn control(shim: &Shim, f: Frame, stdin_allowed: bool) {
     let (Some(sb), Some(id)) = (shim.sandbox.get(), shim.main_id.get()) else {
-        // Not started yet: input before the start is dropped; signals abort the boot.
-        if f.kind == Kind::Signal {
-            if let Ok(s) = f.parse::<SignalReq>() {
-                let _ = kill(shim, s.signal).await;
+        // Not started yet: input before the start is dropped; signals abort the boot; a
+        // size is kept for the start.
+        match f.kind {
+            Kind::Signal => {
+                if let Ok(s) = f.parse::<SignalReq>() {
+                    let _ = kill(shim, s.signal).await;
+                }
             }
+            Kind::Resize => {
+                if let Ok(r) = f.parse::<Resize>() {
+                    let _ = resize(shim, r.rows, r.cols).await;
+                }
+            }
+            _ => {}
         }
         return;
     };
@@ -606,7 +635,7 @@ async fn control(shim: &Shim, f: Frame, stdin_allowed: bool) {
         }
         Kind::Resize => {
             if let Ok(r) = f.parse::<Resize>() {
-                let _ = sb.agent().resize_tty(id, r.rows, r.cols).await;
+                let _ = resize(shim, r.rows, r.cols).await;
             }
         }
         Kind::Signal => {

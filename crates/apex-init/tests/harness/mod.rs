@@ -320,6 +320,7 @@ pub fn spec(args: &[&str]) -> ProcessSpec {
         agent_tool: false,
         namespaces: Default::default(),
         init: false,
+        tty_size: None,
     }
 }
 

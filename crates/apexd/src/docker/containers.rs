@@ -510,7 +510,7 @@ pub(super) async fn attach(
     streams::hijack(req, want.tty, move |io| async move {
         match stream.await {
             Ok(stream) => {
-                streams::relay(io, stream, want, None).await;
+                streams::relay(io, stream, want, None, |_| {}).await;
             }
             Err(e) => tracing::debug!("attach ended before the start: {e}"),
         }

@@ -211,8 +211,10 @@ pub(super) async fn start(
     }
     let req = Request::from_parts(parts, axum::body::Body::empty());
     streams::hijack(req, want.tty, move |io| async move {
-        let exit = streams::relay(io, shim, want, Some(ctl_rx)).await;
-        execs.finished(&id, exit.map(|e| e.exit_code));
+        streams::relay(io, shim, want, Some(ctl_rx), |exit| {
+            execs.finished(&id, exit.map(|e| e.exit_code))
+        })
+        .await;
     })
 }
 

@@ -84,15 +84,16 @@ pub fn encode(kind: Kind, payload: &[u8], tty: bool) -> Vec<u8> {
 }
 
 /// Relays between a hijacked client and a helper stream (attach or exec) until the
-/// process exits (its exit is returned) or either side goes away (`None`). `control`
-/// injects frames toward the helper (resizes).
+/// process exits or either side goes away. `control` injects frames toward the helper
+/// (resizes). `on_exit` gets the exit (`None` when a side went away) before the client's
+/// stream closes, so a client that inspects right after sees it recorded.
 pub async fn relay<C>(
     client: C,
     shim: UnixStream,
     want: Wanted,
     mut control: Option<mpsc::Receiver<Frame>>,
-) -> Option<Exit>
-where
+    on_exit: impl FnOnce(Option<Exit>),
+) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut c_rd, mut c_wr) = tokio::io::split(client);
@@ -177,11 +178,11 @@ where
         }
     };
     let _ = c_wr.flush().await;
+    on_exit(exit);
     let _ = c_wr.shutdown().await;
     input.abort();
     controls.abort();
     writer.abort();
-    exit
 }
 
 #[cfg(test)]
@@ -207,7 +208,10 @@ mod tests {
             stderr: false,
             tty: false,
         };
-        let task = tokio::spawn(relay(client, shim_here, want, None));
+        let (exit_tx, exit_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(relay(client, shim_here, want, None, |e| {
+            let _ = exit_tx.send(e.map(|e| e.exit_code));
+        }));
         peer.write_all(b"early").await.unwrap();
         write_frame(&mut shim_there, &Frame::new(Kind::Started, vec![]))
             .await
@@ -235,7 +239,8 @@ mod tests {
         write_frame(&mut shim_there, &Frame::json(Kind::Exit, &exit))
             .await
             .unwrap();
-        assert_eq!(task.await.unwrap().map(|e| e.exit_code), Some(3));
+        // The exit is known before the client's stream ends.
+        assert_eq!(exit_rx.await.unwrap(), Some(3));
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();
         assert_eq!(
@@ -243,5 +248,6 @@ mod tests {
             encode(Kind::Stdout, b"out", false),
             "stderr was not asked for"
         );
+        task.await.unwrap();
     }
 }
