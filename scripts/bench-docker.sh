@@ -37,7 +37,7 @@ printf 'docker run --rm %s true:  %6.3f s  (ratio %.3f, overhead %+.1f%%; target
 echo "starting $count containers..." >&2
 for i in $(seq "$count"); do docker run -d --name "ps$i" "$image" sleep 3600 >/dev/null; done
 running=$(docker ps -q | wc -l)
-hyperfine --style none --warmup 3 --runs 30 --export-json "$work/ps.json" \
+hyperfine -N --style none --warmup 3 --runs 30 --export-json "$work/ps.json" \
   "docker ps" "$bin/apex ls" >/dev/null
 ms() { jq -r --arg c "$1" '.results[] | select(.command == $c) | .median * 1000' "$work/ps.json"; }
 printf 'docker ps with %s running containers: %6.1f ms median (target < 50 ms)\n' "$running" "$(ms "docker ps")"
