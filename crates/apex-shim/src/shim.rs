@@ -38,6 +38,8 @@ struct Shim {
     main_id: OnceLock<String>,
     /// The terminal size clients asked for (kept from before the start, for the pty).
     tty_size: Mutex<Option<(u16, u16)>>,
+    /// The VM's vCPUs are stopped (`pause`).
+    paused: AtomicBool,
     log: Mutex<LogWriter>,
     /// The first client attached (for `wait_attach`).
     attached: Notify,
@@ -78,6 +80,7 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
         sandbox: OnceLock::new(),
         main_id: OnceLock::new(),
         tty_size: Mutex::new(None),
+        paused: AtomicBool::new(false),
         log: Mutex::new(log),
         attached: Notify::new(),
         abort: Notify::new(),
@@ -456,6 +459,14 @@ async fn kill(shim: &Shim, signal: i32) -> Response {
             let (Some(sb), Some(id)) = (shim.sandbox.get(), shim.main_id.get()) else {
                 return Response::err("container is not running");
             };
+            // A paused guest cannot take the signal: resume it first (docker's stop and
+            // kill work on paused containers too).
+            if shim.paused.load(Ordering::Relaxed) {
+                let r = pause(shim, false);
+                if !r.ok {
+                    return r;
+                }
+            }
             match sb.agent().kill_process(id, signal).await {
                 Ok(()) => Response::ok(&()),
                 Err(e) => Response::err(format!("cannot signal the container: {e}")),
@@ -507,7 +518,10 @@ fn pause(shim: &Shim, paused: bool) -> Response {
     };
     match rustix::process::Pid::from_raw(sb.vm_pid() as i32) {
         Some(pid) => match rustix::process::kill_process(pid, sig) {
-            Ok(()) => Response::ok(&()),
+            Ok(()) => {
+                shim.paused.store(paused, Ordering::Relaxed);
+                Response::ok(&())
+            }
             Err(e) => Response::err(format!("cannot signal the VM: {e}")),
         },
         None => Response::err("no VM process"),
@@ -518,6 +532,15 @@ async fn stats(shim: &Shim) -> Response {
     let Some(sb) = shim.sandbox.get() else {
         return Response::err("container is not running");
     };
+    if shim.paused.load(Ordering::Relaxed) {
+        // The guest cannot answer: only the host's view of a frozen VM.
+        return Response::ok(&Stats {
+            cpus: shim.cfg.cpus,
+            read_at: now(),
+            vm_rss_bytes: rss_bytes(sb.vm_pid()),
+            ..Default::default()
+        });
+    }
     match sb.agent().stats().await {
         Ok(s) => Response::ok(&Stats {
             cpu_usage_ns: s.cpu_usage_ns,
@@ -660,6 +683,11 @@ async fn exec(shim: Arc<Shim>, mut conn: UnixStream, spec: ExecSpec) -> Result<(
     };
     if spec.args.is_empty() {
         answer(&mut conn, Response::err("exec needs a command")).await?;
+        return Ok(());
+    }
+    if shim.paused.load(Ordering::Relaxed) {
+        let msg = "container is paused, unpause the container before exec";
+        answer(&mut conn, Response::err(msg)).await?;
         return Ok(());
     }
     let pspec = exec_spec(&shim.cfg.process, &spec);

@@ -883,6 +883,7 @@ impl Containers {
         self.networks.detach(id, rec.network.as_ref()).await;
         rec.ports.clear();
         rec.state = ContainerState::Exited;
+        rec.paused = false;
         rec.exit_code = Some(exit.exit_code);
         rec.exit_reason = exit.reason.clone().or(exit.error.clone());
         rec.finished_at = Some(now());
@@ -969,6 +970,7 @@ impl Containers {
         self.networks.detach(&id, rec.network.as_ref()).await;
         rec.ports.clear();
         rec.state = ContainerState::Exited;
+        rec.paused = false;
         rec.exit_code = Some(exit.exit_code);
         rec.exit_reason = exit.reason.or(exit.error);
         rec.finished_at = Some(now());
@@ -989,6 +991,8 @@ impl Containers {
             return Err(conflict(format!("container {} is not running", rec.name)));
         }
         rec.stopped_by_user = true;
+        // The helper resumes a paused VM to deliver the signal.
+        rec.paused = false;
         self.put(&rec)?;
         self.event(&rec, "kill", &[("signal", signal.to_string())]);
         proto::request::<()>(&self.bundle(&id).socket(), &Request::Kill { signal })

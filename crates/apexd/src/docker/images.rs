@@ -196,11 +196,19 @@ pub(super) async fn create(
     let first = std::sync::Mutex::new(Some(first_tx));
     let sizes = std::sync::Mutex::new(HashMap::new());
     let ptx = tx.clone();
+    let repo = reference
+        .split(['@'])
+        .next()
+        .unwrap_or(&reference)
+        .to_string();
+    let pulling = json!({"status": format!("Pulling from {}", repo_display(&repo)), "id": tag_of(&reference)});
     let opts = PullOptions {
         platform,
         connect: Default::default(),
         progress: Some(Arc::new(move |p: Progress| {
             if let Some(f) = first.lock().expect("first").take() {
+                // The stream's first line, before any layer's.
+                let _ = ptx.try_send(line(pulling.clone()));
                 let _ = f.send(());
             }
             if let Some(v) = docker_progress(&p, &mut sizes.lock().expect("sizes")) {
@@ -211,12 +219,9 @@ pub(super) async fn create(
         credentials: registry_auth(&headers),
     };
     let images = s.services().images().clone();
-    let repo = reference
-        .split(['@'])
-        .next()
-        .unwrap_or(&reference)
-        .to_string();
     let shown = reference.clone();
+    // What the name pointed at before: pulling the same again is "up to date".
+    let before = images.resolve(&reference).await.ok().map(|(r, _)| r.digest);
     let pull = tokio::spawn(async move { images.pull(&reference, opts).await });
     // The first progress event means the image exists and bytes are coming: from then
     // on errors travel in the stream. A pull that ends first answers with its status.
@@ -238,15 +243,19 @@ pub(super) async fn create(
             Err(e) => Err(DockerError::from(anyhow::anyhow!("pull task failed: {e}"))),
         };
     }
-    let _ = tx
-        .send(line(json!({"status": format!("Pulling from {}", repo_display(&repo)), "id": tag_of(&shown)})))
-        .await;
     tokio::spawn(async move {
         let last = match pull.await {
-            Ok(Ok(r)) => vec![
-                json!({"status": format!("Digest: {}", r.record.index_digest.as_ref().unwrap_or(&r.record.digest))}),
-                json!({"status": format!("Status: Downloaded newer image for {}", r.name)}),
-            ],
+            Ok(Ok(r)) => {
+                let status = if before.as_ref() == Some(&r.record.digest) {
+                    format!("Status: Image is up to date for {}", r.name)
+                } else {
+                    format!("Status: Downloaded newer image for {}", r.name)
+                };
+                vec![
+                    json!({"status": format!("Digest: {}", r.record.index_digest.as_ref().unwrap_or(&r.record.digest))}),
+                    json!({ "status": status }),
+                ]
+            }
             Ok(Err(e)) => {
                 let m = e.message().to_string();
                 vec![json!({"errorDetail": {"message": m}, "error": m})]
