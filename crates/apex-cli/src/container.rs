@@ -423,7 +423,7 @@ async fn start(client: &Client, a: StartArgs) -> Result<ExitCode> {
     };
     match attach::session(io, opts, &mut signals).await?.end {
         End::Exited(exit) => {
-            run::settle(client, &rec.id, rec.config.restart).await;
+            run::settle(client, &rec.id, rec.config.restart, rec.config.auto_remove).await;
             Ok(run::exit_code(&exit))
         }
         End::Interrupted(n) => Ok(ExitCode::from(128 + n as u8)),

@@ -466,22 +466,27 @@ pub async fn run(home: &Path, a: RunArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(128 + n as u8))
         }
         End::Exited(exit) => {
-            settle(&client, &id, c.restart).await;
+            settle(&client, &id, c.restart, c.rm).await;
             Ok(exit_code(&exit))
         }
     }
 }
 
 /// Once an attached process has exited, waits (briefly) until apexd has recorded the
-/// exit, or removed the container (--rm), so that what follows sees it ended, as after
-/// `docker run`. Containers with a restart policy are not waited for: they run again.
-pub async fn settle(client: &Client, id: &str, restart: RestartPolicy) {
+/// exit, or removed the container (`removed`, for --rm), so that what follows sees it
+/// ended, as after `docker run`. Containers with a restart policy are not waited for:
+/// they run again.
+pub async fn settle(client: &Client, id: &str, restart: RestartPolicy, removed: bool) {
     if restart != RestartPolicy::No {
         return;
     }
+    let condition = if removed { "removed" } else { "not-running" };
     let _ = client
         .with_timeout(Some(SETTLE_TIMEOUT))
-        .get::<serde_json::Value>(&format!("/v1/containers/{}/wait", enc(id)))
+        .get::<serde_json::Value>(&format!(
+            "/v1/containers/{}/wait?condition={condition}",
+            enc(id)
+        ))
         .await;
 }
 

@@ -98,11 +98,24 @@ pub(super) async fn kill(
     }))
 }
 
+#[derive(Deserialize)]
+pub(super) struct WaitQuery {
+    condition: Option<String>,
+}
+
 pub(super) async fn wait(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
 ) -> ApiResult<WaitResult> {
-    Ok(Json(s.containers().wait(&id).await?))
+    let cond = q
+        .condition
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(crate::error::Error::bad_request)?
+        .unwrap_or_default();
+    Ok(Json(s.containers().wait_for(&id, cond).await?))
 }
 
 #[derive(Deserialize)]
