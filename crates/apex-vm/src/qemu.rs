@@ -250,12 +250,13 @@ impl VmConfig {
 pub enum VmError {
     /// The guest agent never answered during boot.
     #[error(
-        "VM boot timed out: nothing accepted vsock port {port} within {timeout:?}\n\
-         --- last console lines ---\n{boot_log_tail}"
+        "VM boot timed out: nothing accepted vsock port {port} within {timeout:?} \
+         (last attempt: {last_error})\n--- last console lines ---\n{boot_log_tail}"
     )]
     BootTimeout {
         port: u32,
         timeout: Duration,
+        last_error: String,
         boot_log_tail: String,
     },
     /// A vsock connection could not be established in time.
@@ -330,9 +331,10 @@ pub async fn wait_for_agent(
     timeout: Duration,
 ) -> Result<UnixStream, VmError> {
     match vm.connect(port, timeout).await {
-        Err(VmError::ConnectTimeout { .. }) => Err(VmError::BootTimeout {
+        Err(VmError::ConnectTimeout { last_error, .. }) => Err(VmError::BootTimeout {
             port,
             timeout,
+            last_error,
             boot_log_tail: vm.boot_log_tail(30),
         }),
         other => other,

@@ -170,6 +170,9 @@ fn write_pid(path: &Path) -> Result<()> {
 }
 
 async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
+    // Before anything listens: a client may signal us as soon as it can connect.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let sock = paths.socket();
     // We hold the lock, so a socket file left here belongs to a dead daemon.
     match std::fs::remove_file(&sock) {
@@ -215,8 +218,6 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
         sock.display()
     );
 
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
