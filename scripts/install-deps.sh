@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Apex needs on Debian 12 (as root), idempotently:
-# apt packages, the guest kernel and its modules, vhost-user backends from crates.io.
+# apt packages, Apex's own guest kernel (built from Debian's linux-source-6.1 by
+# scripts/build-kernel.sh), Debian's cloud kernel as the documented fallback, vhost-user
+# backends from crates.io.
 # Re-running is cheap: every step checks first and skips what is already there.
 set -euo pipefail
 
@@ -12,8 +14,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 APT_PACKAGES=(
   qemu-system-x86 docker-registry e2fsprogs erofs-utils busybox-static skopeo apache2-utils
   libseccomp-dev libcap-ng-dev debootstrap cpio kmod jq pkg-config iproute2 nftables
-  hyperfine zstd socat ca-certificates bc gcc libc6-dev
+  hyperfine zstd socat ca-certificates bc gcc libc6-dev binutils
   docker-compose python3-venv bsdutils
+  linux-source-6.1 flex bison libelf-dev make xz-utils
 )
 # Docker API clients for the tests, from PyPI, in their own venv.
 APEX_PYTHON_PACKAGES=("docker>=7,<8" "testcontainers>=4,<5")
@@ -30,7 +33,8 @@ install_apt() {
   fi
 }
 
-# The guest kernel: Debian's cloud kernel, unpacked (not installed) into $APEX_ASSETS/kernel.
+# The fallback guest kernel (`apex system kernel set --debian`): Debian's cloud kernel,
+# unpacked (not installed) into $APEX_ASSETS/kernel.
 install_kernel() {
   if [[ -f $APEX_ASSETS/kernel/vmlinuz && -d $APEX_ASSETS/kernel/modules ]]; then return; fi
   log "guest kernel: fetching Debian's linux-image cloud package"
@@ -88,5 +92,7 @@ install_apt
 install_docker_cli
 install_python_clients
 install_kernel
+# Apex's own kernel, the default (cached by source version and config: a no-op when current).
+APEX_ASSETS=$APEX_ASSETS bash "$(dirname "$0")/build-kernel.sh"
 install_backends
 log "dependencies ready (assets in $APEX_ASSETS)"

@@ -58,6 +58,14 @@ fn docker_cli_runs_containers_in_their_own_vms() {
     );
     let missing = e.docker(&["run", "--rm", "no-such-image-anywhere:1"]);
     assert_eq!(missing.code, Some(125), "{}", missing.dump());
+    // Below the memory floor: refused by the daemon, with docker's wording, before any VM.
+    let small = e.docker(&["run", "--rm", "-m", "16m", "busybox", "true"]);
+    assert_eq!(small.code, Some(125), "{}", small.dump());
+    assert!(
+        small.stderr.contains("Minimum memory limit allowed is"),
+        "{}",
+        small.dump()
+    );
 
     // Our edge: the container's kernel is the guest's, not the host's.
     let kernel = d(&["run", "--rm", "busybox", "uname", "-r"]);

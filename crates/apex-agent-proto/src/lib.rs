@@ -46,6 +46,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port the guest agent listens on for published-port forwarding (see [`forward`]).
 pub const FORWARD_PORT: u32 = 1025;
+/// Host vsock port the guest agent connects to once it listens on [`CONTROL_PORT`]: the
+/// host's signal that the guest is ready, so that it sends nothing to a guest that is
+/// still booting.
+pub const READY_PORT: u32 = 1023;
 /// vsock CID of the host, which the guest connects to for process stdio.
 pub const HOST_CID: u32 = 2;
 

@@ -68,9 +68,10 @@ pub struct CreateArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1)]
     pub cpus: u32,
-    /// Memory, e.g. `256m`, `1g`.
-    #[arg(short, long, default_value = "256m", value_parser = parse_memory)]
-    pub memory: u64,
+    /// Guest memory, e.g. `256m`, `2g` (default 1g: touched on demand, and what the guest
+    /// frees goes back to the host).
+    #[arg(short, long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
     /// Network to join (default `default`; `none` for no network).
     #[arg(long, value_name = "NAME")]
     pub network: Option<String>,
@@ -251,8 +252,11 @@ pub fn parse_memory(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("invalid memory size {s:?}: use e.g. 512m or 1g"))?;
     let mib = n.saturating_mul(mult) >> 20;
-    if mib < 64 {
-        return Err(format!("memory {s} is too small: a VM needs at least 64m"));
+    if mib < apex_vm::MIN_MEMORY_MIB {
+        return Err(format!(
+            "memory {s} is too small: a container VM needs at least {}m",
+            apex_vm::MIN_MEMORY_MIB
+        ));
     }
     Ok(mib)
 }
@@ -323,7 +327,7 @@ pub async fn create_container(home: &Path, client: &Client, a: &CreateArgs) -> R
         tty: a.tty,
         stdin_open: a.interactive,
         cpus: Some(a.cpus),
-        memory_mib: Some(a.memory),
+        memory_mib: a.memory,
         boot_timeout_s: Some(a.boot_timeout),
         restart: a.restart,
         auto_remove: a.rm,

@@ -31,6 +31,32 @@ pub enum SystemCmd {
     Logs(LogsArgs),
     /// Show the host DNS server for `<name>.test` and how to use it.
     Dns,
+    /// Show or choose the guest kernel containers boot.
+    #[command(subcommand)]
+    Kernel(KernelCmd),
+}
+
+/// `apex system kernel`.
+#[derive(Subcommand)]
+pub enum KernelCmd {
+    /// Print the kernel new containers boot.
+    Show,
+    /// Choose the kernel new containers boot (running ones keep theirs).
+    Set(KernelSetArgs),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct KernelSetArgs {
+    /// Apex's own kernel (built by set-up), else Debian's.
+    #[arg(long)]
+    pub default: bool,
+    /// Debian's cloud kernel, with its modules.
+    #[arg(long)]
+    pub debian: bool,
+    /// A kernel directory (`vmlinux` + `version`, or `vmlinuz` + `version` + `modules/`), or
+    /// a kernel image with virtio-mmio, vsock, erofs and overlayfs built in.
+    pub path: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -58,7 +84,36 @@ pub async fn run(home: &Path, cmd: SystemCmd) -> Result<()> {
         SystemCmd::Version => version(&client).await,
         SystemCmd::Logs(a) => logs(&paths, a.lines),
         SystemCmd::Dns => dns(&client).await,
+        SystemCmd::Kernel(k) => kernel(home, k),
     }
+}
+
+fn kernel(home: &Path, cmd: KernelCmd) -> Result<()> {
+    use apex_vm::{KernelChoice, KernelFlavor};
+    let (choice, kernel) = match cmd {
+        KernelCmd::Show => {
+            let choice = apex_runtime::kernel::choice(home)?;
+            (choice.clone(), apex_vm::KernelAssets::resolve(&choice)?)
+        }
+        KernelCmd::Set(a) => {
+            let choice = match (a.default, a.debian, a.path) {
+                (true, _, _) => KernelChoice::Default,
+                (_, true, _) => KernelChoice::Debian,
+                (_, _, Some(p)) => KernelChoice::Path(std::path::absolute(&p)?),
+                _ => unreachable!("clap requires one"),
+            };
+            let k = apex_runtime::kernel::set_choice(home, &choice)?;
+            (choice, k)
+        }
+    };
+    let flavor = match kernel.flavor {
+        KernelFlavor::Minimal => "built in, no ACPI",
+        KernelFlavor::Distro => "modules, ACPI",
+    };
+    println!("setting: {}", choice.as_setting());
+    println!("kernel:  {} ({flavor})", kernel.version);
+    println!("image:   {}", kernel.image.display());
+    Ok(())
 }
 
 async fn start(paths: &Paths, client: &Client) -> Result<()> {

@@ -1,5 +1,5 @@
 //! The PID 1 boot sequence: pseudo filesystems, kernel parameters, loopback, hostname,
-//! modules, the image rootfs with a tmpfs overlay, and the container root's mounts.
+//! modules (a distribution kernel only), the image rootfs with a tmpfs overlay, and the container root's mounts.
 //! Every step is logged with its duration; failures are logged and the boot goes on, so
 //! the agent comes up and the host can see what went wrong.
 
@@ -108,13 +108,17 @@ pub fn boot() -> Booted {
     step(&format!("hostname {hostname}"), || {
         net::set_hostname(&hostname)
     });
-    step("load modules", || -> Result<String, String> {
-        let (ok, failed) = modules::load_all();
-        match failed {
-            0 => Ok(format!("{ok} loaded")),
-            n => Err(format!("{n} failed, {ok} loaded")),
-        }
-    });
+    // Apex's own kernel has every driver built in and ships no modules; a distribution
+    // kernel (`apex system kernel set --debian`) has its virtio drivers as modules.
+    if Path::new(modules::LOAD_ORDER).exists() {
+        step("load modules", || -> Result<String, String> {
+            let (ok, failed) = modules::load_all();
+            match failed {
+                0 => Ok(format!("{ok} loaded")),
+                n => Err(format!("{n} failed, {ok} loaded")),
+            }
+        });
+    }
 
     let mut mounts = Vec::new();
     match &params.root {

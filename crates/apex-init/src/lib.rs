@@ -189,7 +189,37 @@ pub fn main() -> ! {
     let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
     let uptime = uptime.split_whitespace().next().unwrap_or("?");
     info!("ready (uptime {uptime} s)");
+    if pid1 {
+        let t = transport.clone();
+        std::thread::spawn(move || signal_ready(&t));
+    }
     server::serve(agent, listener)
+}
+
+/// How long [`signal_ready`] keeps trying.
+const READY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Tells the host that the agent listens: connects to host port
+/// [`apex_agent_proto::READY_PORT`]. The host binds that port
+/// right after it starts QEMU, long before a guest gets here; should it not yet be
+/// bound, the vsock backend resets the connection and this retries, for at most
+/// [`READY_PATIENCE`].
+fn signal_ready(transport: &Transport) {
+    let t0 = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match transport.connect_host(apex_agent_proto::READY_PORT) {
+            // The connection is the signal; the host closes it at once.
+            Ok(_) => return,
+            Err(e) if t0.elapsed() >= READY_PATIENCE => {
+                info!("ready signal: host never accepted: {e}");
+                return;
+            }
+            Err(e) => debug!("ready signal: {e}; retrying"),
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
+    }
 }
 
 #[cfg(test)]

@@ -344,7 +344,15 @@ async fn udp_idle_sessions_time_out_and_reconnect() {
 #[tokio::test]
 async fn udp_port_in_use_and_dispatch() {
     let guest = FakeGuest::start();
-    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // A port free for TCP (an ephemeral UDP port may well be some other test's outgoing
+    // TCP connection's), taken for UDP; the TCP listener goes just before the forwarder
+    // binds it, and the kernel hands out ephemeral ports at random, not the last freed.
+    let (taken, tcp_hold) = loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        if let Ok(u) = std::net::UdpSocket::bind(l.local_addr().unwrap()) {
+            break (u, l);
+        }
+    };
     let port = taken.local_addr().unwrap().port();
     let err = Forwarder::bind(&spec(&format!("{port}:53/udp")), guest.connector())
         .await
@@ -354,6 +362,7 @@ async fn udp_port_in_use_and_dispatch() {
         format!("cannot publish 127.0.0.1:{port}/udp: address already in use")
     );
     // The same port number is free for TCP.
+    drop(tcp_hold);
     let tcp = Forwarder::bind(&spec(&format!("{port}:80/tcp")), guest.connector())
         .await
         .unwrap();

@@ -13,10 +13,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use apex_agent_proto::api::{self, User};
 use apex_agent_proto::forward::{self, Answer};
-use apex_agent_proto::{CONTROL_PORT, FORWARD_PORT};
+use apex_agent_proto::{CONTROL_PORT, FORWARD_PORT, READY_PORT};
 use apex_vm::{
-    accel, initramfs, wait_for_agent, Disk, KernelAssets, Nic, QemuProvider, Vm, VmConfig,
-    VmProvider,
+    accel, initramfs, wait_for_agent, Disk, Nic, QemuProvider, Vm, VmConfig, VmProvider,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -211,7 +210,7 @@ impl Sandbox {
     /// Boots a VM for `cfg` and connects to its agent.
     pub async fn boot(cfg: SandboxConfig) -> Result<Sandbox> {
         let t0 = std::time::Instant::now();
-        let kernel = KernelAssets::locate()?;
+        let kernel = crate::kernel::assets(&cfg.home)?;
         let init = locate_init()?;
         let cache = cache_dir();
         std::fs::create_dir_all(&cache)
@@ -235,9 +234,11 @@ impl Sandbox {
             "apex.rootfstype=erofs".into(),
             format!("apex.hostname={}", cfg.hostname),
         ];
-        // The agent's debug log on the VM console (console.log in the state directory).
+        // The agent's debug log and every kernel message on the VM console (console.log
+        // in the state directory).
         if std::env::var_os("APEX_GUEST_DEBUG").is_some() {
             cmdline.push("apex.debug=1".into());
+            cmdline.push("loglevel=7".into());
         }
         let mut disks = vec![Disk {
             id: "root".into(),
@@ -257,7 +258,8 @@ impl Sandbox {
             id: id.clone(),
             cpus: cfg.cpus,
             memory_mib: cfg.memory_mib,
-            kernel: kernel.vmlinuz.clone(),
+            kernel: kernel.image.clone(),
+            kernel_flavor: kernel.flavor,
             initrd,
             cmdline,
             disks,
@@ -276,7 +278,8 @@ impl Sandbox {
         // its state directory.
         let vm = provider.start(vm_cfg).await?;
         tracing::debug!(elapsed = ?t0.elapsed(), "QEMU started");
-        let stream = wait_for_agent(vm.as_ref(), CONTROL_PORT, cfg.boot_timeout).await?;
+        let stream =
+            wait_for_agent(vm.as_ref(), READY_PORT, CONTROL_PORT, cfg.boot_timeout).await?;
         let agent = AgentClient::new(stream);
         agent
             .ping()

@@ -94,15 +94,19 @@ pub fn build_with(
 ) -> Result<PathBuf> {
     let init_bytes =
         std::fs::read(init).with_context(|| format!("reading init binary {}", init.display()))?;
-    let modules_dir = kernel.modules_dir();
-    let mut modules: Vec<(String, Option<&str>)> = resolve_modules(&modules_dir, WANTED_MODULES)?
-        .into_iter()
-        .map(|m| (m, None))
-        .collect();
-    for (group, names) in ON_DEMAND_MODULES {
-        for m in resolve_modules(&modules_dir, names)? {
-            if !modules.iter().any(|(have, _)| *have == m) {
-                modules.push((m, Some(*group)));
+    // A kernel with everything built in has no modules to ship.
+    let mut modules: Vec<(String, Option<&str>)> = Vec::new();
+    if let Some(modules_dir) = kernel.modules_dir() {
+        modules.extend(
+            resolve_modules(&modules_dir, WANTED_MODULES)?
+                .into_iter()
+                .map(|m| (m, None)),
+        );
+        for (group, names) in ON_DEMAND_MODULES {
+            for m in resolve_modules(&modules_dir, names)? {
+                if !modules.iter().any(|(have, _)| *have == m) {
+                    modules.push((m, Some(*group)));
+                }
             }
         }
     }
@@ -129,6 +133,7 @@ pub fn build_with(
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
+    let modules_dir = kernel.modules_dir().unwrap_or_default();
     for (m, group) in &modules {
         h.update(group.unwrap_or("").as_bytes());
         let size = std::fs::metadata(modules_dir.join(m))
@@ -193,7 +198,7 @@ fn write_archive(
     w.char_dev("dev/null", 0o666, 1, 3)?;
     w.file("init", 0o755, init)?;
 
-    let modules_dir = kernel.modules_dir();
+    let modules_dir = kernel.modules_dir().unwrap_or_default();
     let base = format!("lib/modules/{}", kernel.version);
     let mut load_order = String::new();
     for (m, group) in modules {
@@ -209,8 +214,11 @@ fn write_archive(
         load_order.push_str(&dest);
         load_order.push('\n');
     }
-    mkdirs(&mut w, "lib/modules")?;
-    w.file(LOAD_ORDER_PATH, 0o644, load_order.as_bytes())?;
+    // No list at all for a kernel without modules: the guest then skips module loading.
+    if !modules.is_empty() {
+        mkdirs(&mut w, "lib/modules")?;
+        w.file(LOAD_ORDER_PATH, 0o644, load_order.as_bytes())?;
+    }
 
     for (dest, mode, data) in extras {
         mkdirs(&mut w, parent(dest))?;
@@ -411,10 +419,32 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         assert_eq!(module_name("kernel/x/virtio-rng.ko.xz"), "virtio_rng");
     }
 
-    /// Builds against the installed kernel assets when present.
+    /// A kernel with everything built in gets an initramfs with no modules and no list.
+    #[test]
+    fn built_in_kernel_gets_no_modules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let init = tmp.path().join("init-bin");
+        std::fs::write(&init, b"\x7fELF fake init").unwrap();
+        let kernel = KernelAssets {
+            image: tmp.path().join("vmlinux"),
+            modules_root: None,
+            version: "6.1.0-apex".into(),
+            flavor: crate::assets::KernelFlavor::Minimal,
+        };
+        let a = build(&init, &kernel, &tmp.path().join("cache")).unwrap();
+        let entries = newc::parse(&std::fs::read(&a).unwrap()).unwrap();
+        assert!(entries.iter().any(|e| e.name == "init"));
+        assert!(
+            !entries.iter().any(|e| e.name.starts_with("lib/modules")),
+            "{:?}",
+            entries.iter().map(|e| &e.name).collect::<Vec<_>>()
+        );
+    }
+
+    /// Builds against the installed distribution kernel (modules) when present.
     #[test]
     fn builds_real_initramfs_and_caches() {
-        let Ok(kernel) = KernelAssets::locate() else {
+        let Ok(kernel) = KernelAssets::resolve(&crate::assets::KernelChoice::Debian) else {
             eprintln!("kernel assets not installed; skipping");
             return;
         };

@@ -15,7 +15,7 @@ pub mod virtiofs;
 pub mod vsock;
 
 use crate::accel::Accel;
-use crate::assets::KernelAssets;
+use crate::assets::{KernelAssets, KernelFlavor};
 use crate::spawn::{spawn_guarded, Guarded};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -109,6 +109,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Kernel image.
     pub kernel: PathBuf,
+    /// How the kernel boots (ACPI or not, calibration shortcuts).
+    pub kernel_flavor: KernelFlavor,
     /// Initramfs (see [`crate::initramfs`]).
     pub initrd: PathBuf,
     /// Extra kernel command-line arguments, appended after the built-in ones.
@@ -136,7 +138,8 @@ impl VmConfig {
             id: id.to_string(),
             cpus: 1,
             memory_mib: 256,
-            kernel: kernel.vmlinuz.clone(),
+            kernel: kernel.image.clone(),
+            kernel_flavor: kernel.flavor,
             initrd: initrd.to_path_buf(),
             cmdline: Vec::new(),
             disks: Vec::new(),
@@ -150,12 +153,33 @@ impl VmConfig {
 
     /// Checks the values QEMU would otherwise reject with a less helpful message.
     pub fn validate(&self) -> Result<()> {
-        if self.cpus == 0 || self.memory_mib < 32 {
+        if self.cpus == 0 {
+            bail!("VM {}: needs at least 1 vCPU", self.id);
+        }
+        let floor = self.kernel_flavor.min_memory_mib();
+        if self.memory_mib < floor {
+            let kernel = match self.kernel_flavor {
+                KernelFlavor::Minimal => "Apex's kernel",
+                KernelFlavor::Distro => "a distribution kernel",
+            };
             bail!(
-                "VM {}: need at least 1 vCPU and 32 MiB (got {}, {})",
+                "VM {}: {kernel} needs at least {floor} MiB of memory, {} MiB was asked for \
+                 (raise --memory, or `apex system kernel set --default`)",
                 self.id,
-                self.cpus,
                 self.memory_mib
+            );
+        }
+        // vsock and the balloon, then every disk, NIC and share takes one transport.
+        let used = 2 + self.disks.len() + self.nics.len() + self.shares.len();
+        if used > VIRTIO_SLOTS {
+            bail!(
+                "VM {}: too many devices: QEMU's microvm has {VIRTIO_SLOTS} virtio slots, and \
+                 this VM needs {used} (vsock, the balloon, {} disks, {} network interfaces, \
+                 {} shared directories; each bind mount and volume is one of those)",
+                self.id,
+                self.disks.len(),
+                self.nics.len(),
+                self.shares.len()
             );
         }
         if self.guest_cid < 3 {
@@ -245,13 +269,17 @@ impl VmConfig {
     }
 }
 
+/// virtio-mmio transports of QEMU's microvm (its `VIRTIO_NUM_TRANSPORTS`): the most
+/// virtio devices a VM can have.
+pub const VIRTIO_SLOTS: usize = 8;
+
 /// Errors from talking to a running VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// The guest agent never answered during boot.
     #[error(
-        "VM boot timed out: nothing accepted vsock port {port} within {timeout:?} \
-         (last attempt: {last_error})\n--- last console lines ---\n{boot_log_tail}"
+        "VM boot timed out: the guest agent did not come up on vsock port {port} within \
+         {timeout:?} ({last_error})\n--- last console lines ---\n{boot_log_tail}"
     )]
     BootTimeout {
         port: u32,
@@ -306,6 +334,8 @@ pub trait Vm: Send + Sync {
     fn connect(&self, port: u32, timeout: Duration) -> BoxFuture<'_, Result<UnixStream, VmError>>;
     /// Listens for guest connections to host vsock `port` (CID 2). Needs a tokio runtime.
     fn listen(&self, port: u32) -> io::Result<UnixListener>;
+    /// Why the VM cannot be reached any more (QEMU or its vsock backend exited), if so.
+    fn failure(&self) -> Option<VmError>;
     /// Waits for QEMU to exit (then stops the vsock backend).
     fn wait(&mut self) -> BoxFuture<'_, Result<ExitStatus>>;
     /// SIGKILLs QEMU and the backend and reaps both.
@@ -322,21 +352,46 @@ pub trait VmProvider: Send + Sync {
     fn start(&self, cfg: VmConfig) -> BoxFuture<'_, Result<Box<dyn Vm>>>;
 }
 
-/// Waits until the guest accepts a vsock connection on `port` (the agent is up).
+/// Waits until the guest agent is up and connects to it. The agent signals readiness by
+/// connecting to host vsock port `ready_port` once it listens on guest port `port`; only
+/// then does the host connect. The host never sends a connection request to a guest that
+/// is still booting, whose vsock driver may not have set up its queues yet.
 /// Times out with [`VmError::BootTimeout`] carrying the last 30 console lines, or
 /// fails early with [`VmError::QemuExited`] if QEMU dies first.
 pub async fn wait_for_agent(
     vm: &dyn Vm,
+    ready_port: u32,
     port: u32,
     timeout: Duration,
 ) -> Result<UnixStream, VmError> {
-    match vm.connect(port, timeout).await {
-        Err(VmError::ConnectTimeout { last_error, .. }) => Err(VmError::BootTimeout {
-            port,
-            timeout,
-            last_error,
-            boot_log_tail: vm.boot_log_tail(30),
-        }),
+    let deadline = Instant::now() + timeout;
+    let ready = vm.listen(ready_port)?;
+    let timed_out = |last_error: String| VmError::BootTimeout {
+        port,
+        timeout,
+        last_error,
+        boot_log_tail: vm.boot_log_tail(30),
+    };
+    loop {
+        if let Some(e) = vm.failure() {
+            return Err(e);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out(format!(
+                "the guest never connected to host port {ready_port} to say it is ready"
+            )));
+        }
+        // Checks for a dead VM every DEATH_POLL while waiting.
+        let poll = left.min(vsock::DEATH_POLL);
+        if let Ok(accepted) = tokio::time::timeout(poll, ready.accept()).await {
+            accepted?;
+            break;
+        }
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match vm.connect(port, left.max(vsock::FIRST_ATTEMPT)).await {
+        Err(VmError::ConnectTimeout { last_error, .. }) => Err(timed_out(last_error)),
         other => other,
     }
 }
@@ -595,6 +650,10 @@ impl Vm for QemuVm {
         )
     }
 
+    fn failure(&self) -> Option<VmError> {
+        self.death_error()
+    }
+
     fn listen(&self, port: u32) -> io::Result<UnixListener> {
         let path = self.state_dir.join(format!("{VSOCK_SOCK}_{port}"));
         match std::fs::remove_file(&path) {
@@ -636,11 +695,48 @@ mod tests {
 
     fn cfg(state: &str) -> VmConfig {
         let k = KernelAssets {
-            vmlinuz: "/k".into(),
-            modules_root: "/m".into(),
+            image: "/k".into(),
+            modules_root: Some("/m".into()),
             version: "v".into(),
+            flavor: KernelFlavor::Distro,
         };
         VmConfig::new("t", &k, Path::new("/i"), Path::new(state))
+    }
+
+    #[test]
+    fn virtio_slots_are_counted() {
+        use crate::qemu::{Share, ShareKind};
+        let mut c = cfg("/tmp/x");
+        let share = |i: usize| Share {
+            tag: format!("apexfs{i}"),
+            path: "/srv".into(),
+            kind: ShareKind::Dir,
+            read_only: false,
+        };
+        c.disks = ["root", "upper"]
+            .map(|id| Disk {
+                path: "/d".into(),
+                read_only: false,
+                id: id.into(),
+            })
+            .into();
+        c.shares = (0..4).map(share).collect();
+        assert!(c.validate().is_ok(), "2 + 2 disks + 4 shares fit");
+        c.shares.push(share(4));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("needs 9") && err.contains("5 shared"), "{err}");
+    }
+
+    #[test]
+    fn memory_floor_depends_on_the_kernel() {
+        let mut c = cfg("/tmp/x");
+        c.memory_mib = 96;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("at least 128 MiB"), "{err}");
+        c.kernel_flavor = KernelFlavor::Minimal;
+        assert!(c.validate().is_ok());
+        c.memory_mib = crate::MIN_MEMORY_MIB - 1;
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::{virtiofs, NicBackend, VmConfig, CONSOLE_LOG, VHOST_SOCK};
 use crate::accel::Accel;
+use crate::assets::KernelFlavor;
 use std::ffi::OsString;
 use std::path::Path;
 
@@ -27,13 +28,35 @@ fn parse_cpuinfo_khz(cpuinfo: &str) -> Option<u64> {
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
 }
 
+/// What a kernel without ACPI skips (measured under TCG, see PLATFORM-FACTS.md): SMP
+/// alternatives patching (~80 ms), LAPIC timer calibration (~108 ms; valid only without
+/// ACPI) and the timer check (~108 ms). `quiet` keeps the kernel's informational lines
+/// off the emulated UART, which takes one trap per character (~0.14 s of the boot under
+/// TCG); warnings and errors still print, and `loglevel=7` later on the line (as
+/// `APEX_GUEST_DEBUG` adds) brings everything back.
+const MINIMAL_KERNEL_ARGS: [&str; 4] =
+    ["noreplace-smp", "nolapic_timer", "no_timer_check", "quiet"];
+
 /// The guest kernel command line: fixed console/panic/reboot/self-test settings, the
-/// calibration shortcut when `tsc_khz` is known, then `cfg.cmdline`.
+/// flavor's shortcuts, the calibration shortcut when `tsc_khz` is known, then
+/// `cfg.cmdline`. (QEMU appends the virtio-mmio devices for a kernel without ACPI.)
 pub fn kernel_cmdline(cfg: &VmConfig, tsc_khz: Option<u64>) -> String {
     // cryptomgr.notests skips the crypto self-tests: ~0.7 s of a ~2 s TCG boot.
-    let mut parts: Vec<String> = ["console=ttyS0", "panic=-1", "reboot=t", "cryptomgr.notests"]
-        .map(String::from)
-        .into();
+    // random.trust_cpu seeds the crng from RDRAND (TCG's `max` CPU has it, as has every
+    // x86-64 host CPU since 2012) so getrandom() does not wait about a second for jitter
+    // entropy; a virtio-rng would take one of microvm's eight virtio-mmio slots.
+    let mut parts: Vec<String> = [
+        "console=ttyS0",
+        "panic=-1",
+        "reboot=t",
+        "cryptomgr.notests",
+        "random.trust_cpu=on",
+    ]
+    .map(String::from)
+    .into();
+    if cfg.kernel_flavor == KernelFlavor::Minimal {
+        parts.extend(MINIMAL_KERNEL_ARGS.map(String::from));
+    }
     if let Some(khz) = tsc_khz {
         parts.push(format!("tsc_early_khz={khz}"));
         parts.push(format!("lpj={}", khz * 1000 / GUEST_HZ));
@@ -58,7 +81,10 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<OsString> {
         "-accel".into(),
         accel.into(),
         "-M".into(),
-        "microvm,memory-backend=mem".into(),
+        match cfg.kernel_flavor {
+            KernelFlavor::Minimal => "microvm,acpi=off,memory-backend=mem".into(),
+            KernelFlavor::Distro => "microvm,memory-backend=mem".into(),
+        },
         "-cpu".into(),
         cpu.into(),
         "-smp".into(),
@@ -83,6 +109,9 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<OsString> {
         ),
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
+        // Pages the guest frees go back to the host (free page reporting).
+        "-device".into(),
+        "virtio-balloon-device,free-page-reporting=on".into(),
     ];
     for (i, d) in cfg.disks.iter().enumerate() {
         let ro = if d.read_only { ",readonly=on" } else { "" };
@@ -140,6 +169,7 @@ mod tests {
             cpus: 2,
             memory_mib: 256,
             kernel: "/k/vmlinuz".into(),
+            kernel_flavor: KernelFlavor::Distro,
             initrd: "/c/initrd.cpio".into(),
             cmdline: vec!["quiet".into(), "apex.debug=1".into()],
             disks: vec![
@@ -185,11 +215,11 @@ mod tests {
         let c = cfg();
         assert_eq!(
             kernel_cmdline(&c, Some(2_299_998)),
-            "console=ttyS0 panic=-1 reboot=t cryptomgr.notests tsc_early_khz=2299998 lpj=9199992 quiet apex.debug=1"
+            "console=ttyS0 panic=-1 reboot=t cryptomgr.notests random.trust_cpu=on tsc_early_khz=2299998 lpj=9199992 quiet apex.debug=1"
         );
         assert_eq!(
             kernel_cmdline(&c, None),
-            "console=ttyS0 panic=-1 reboot=t cryptomgr.notests quiet apex.debug=1"
+            "console=ttyS0 panic=-1 reboot=t cryptomgr.notests random.trust_cpu=on quiet apex.debug=1"
         );
     }
 
@@ -225,6 +255,7 @@ mod tests {
             after(&a, "-device"),
             [
                 "vhost-user-vsock-device,chardev=vsock",
+                "virtio-balloon-device,free-page-reporting=on",
                 "virtio-blk-device,drive=disk0,serial=rootfs",
                 "virtio-blk-device,drive=disk1,serial=upper"
             ]
@@ -233,6 +264,21 @@ mod tests {
         assert_eq!(after(&a, "-initrd"), ["/c/initrd.cpio"]);
         assert_eq!(after(&a, "-append"), [kernel_cmdline(&cfg(), Some(1000))]);
         assert!(after(&a, "-append")[0].contains("lpj=4000 "));
+        assert!(!after(&a, "-append")[0].contains("nolapic_timer"));
+    }
+
+    #[test]
+    fn minimal_kernel_boots_without_acpi() {
+        let c = VmConfig {
+            kernel_flavor: KernelFlavor::Minimal,
+            ..cfg()
+        };
+        let a = strings(qemu_args(&c, None));
+        assert_eq!(after(&a, "-M"), ["microvm,acpi=off,memory-backend=mem"]);
+        assert_eq!(
+            after(&a, "-append"),
+            ["console=ttyS0 panic=-1 reboot=t cryptomgr.notests random.trust_cpu=on noreplace-smp nolapic_timer no_timer_check quiet quiet apex.debug=1"]
+        );
     }
 
     #[test]
@@ -264,7 +310,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            &after(&a, "-device")[3..],
+            &after(&a, "-device")[4..],
             [
                 "virtio-net-device,netdev=net0,mac=02:42:0a:58:00:02",
                 "virtio-net-device,netdev=net1,mac=02:00:00:00:00:09"
@@ -291,7 +337,7 @@ mod tests {
             "socket,id=fs0,path=/run/apex/t1/fs0.sock"
         );
         assert_eq!(
-            after(&a, "-device")[3],
+            after(&a, "-device")[4],
             "vhost-user-fs-device,chardev=fs0,tag=apexfs0"
         );
     }

@@ -12,13 +12,13 @@ use tokio::time::Instant;
 
 /// First per-attempt reply timeout; doubled (up to [`MAX_ATTEMPT`]) after each
 /// attempt that got no reply, so a slow guest under load is not cut off forever.
-const FIRST_ATTEMPT: Duration = Duration::from_millis(500);
+pub(crate) const FIRST_ATTEMPT: Duration = Duration::from_millis(500);
 const MAX_ATTEMPT: Duration = Duration::from_secs(4);
 /// Pause between attempts (doubling, capped): the guest may simply not listen yet.
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 /// How often a pending attempt checks whether the VM died.
-const DEATH_POLL: Duration = Duration::from_millis(50);
+pub(crate) const DEATH_POLL: Duration = Duration::from_millis(50);
 
 /// One `CONNECT` handshake. Reads the reply byte by byte so no guest data that
 /// follows the `OK` line is consumed.

@@ -43,6 +43,11 @@ use apex_runtime::fs::{Filesystem, MountSpec, Source};
 const SHIM_READY: Duration = Duration::from_secs(10);
 /// Container log size before rotation (two files are kept).
 const LOG_MAX_BYTES: u64 = 8 << 20;
+/// Guest memory when none is asked for, in MiB. Generous, as apple/container's: the guest
+/// touches its RAM on demand and gives what it frees back (balloon free page reporting),
+/// so an idle container costs about 13 MiB more than with 256 MiB (the kernel's page
+/// tables for the larger map), not 1 GiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 /// Restart back-off: 100 ms doubling up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -404,6 +409,13 @@ impl Containers {
                 return Err(Error::bad_request(format!("invalid stop signal {sig:?}")));
             }
         }
+        if let Some(m) = req.memory_mib.filter(|m| *m < apex_vm::MIN_MEMORY_MIB) {
+            return Err(Error::bad_request(format!(
+                "Minimum memory limit allowed is {}MB: a container VM needs at least {} MiB (asked for {m} MiB)",
+                apex_vm::MIN_MEMORY_MIB,
+                apex_vm::MIN_MEMORY_MIB
+            )));
+        }
         for h in &req.extra_hosts {
             if h.split_once(':')
                 .is_none_or(|(n, ip)| n.is_empty() || ip.is_empty())
@@ -423,7 +435,7 @@ impl Containers {
                 process,
                 stdin_open: req.stdin_open,
                 cpus: req.cpus.unwrap_or(1).max(1),
-                memory_mib: req.memory_mib.unwrap_or(256),
+                memory_mib: req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
                 boot_timeout_s: req.boot_timeout_s.unwrap_or(60),
                 restart: req.restart,
                 auto_remove: req.auto_remove,

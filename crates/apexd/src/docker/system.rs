@@ -31,17 +31,17 @@ pub(super) async fn ping() -> Response {
 }
 
 /// The kernel the containers run: the guest's, not the host's.
-fn guest_kernel() -> String {
-    apex_vm::KernelAssets::locate()
+fn guest_kernel(home: &std::path::Path) -> String {
+    apex_runtime::kernel::assets(home)
         .map(|k| k.version)
         .unwrap_or_else(|_| "unknown".into())
 }
 
 /// `GET /version`.
-pub(super) async fn version() -> Json<SystemVersion> {
+pub(super) async fn version(State(s): State<DockerState>) -> Json<SystemVersion> {
     let version = env!("CARGO_PKG_VERSION").to_string();
     let arch = convert::go_arch();
-    let kernel = guest_kernel();
+    let kernel = guest_kernel(s.services().paths().home());
     let details: HashMap<String, String> = [
         ("ApiVersion", API_VERSION),
         ("MinAPIVersion", MIN_API_VERSION),
@@ -137,7 +137,7 @@ pub(super) async fn info(State(s): State<DockerState>) -> DockerResult<Json<Valu
         "CgroupDriver": "none",
         "CgroupVersion": "2",
         "NEventsListener": 0,
-        "KernelVersion": guest_kernel(),
+        "KernelVersion": guest_kernel(svc.paths().home()),
         "OperatingSystem": "Apex (every container in its own VM)",
         "OSVersion": "",
         "OSType": "linux",
