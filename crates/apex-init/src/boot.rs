@@ -120,6 +120,11 @@ pub fn boot() -> Booted {
         });
     }
 
+    step(
+        "free page reporting in 2 MiB blocks",
+        report_free_pages_by_2mib,
+    );
+
     let mut mounts = Vec::new();
     match &params.root {
         Some(dev) => {
@@ -148,6 +153,19 @@ pub fn boot() -> Booted {
     Booted {
         root: PathBuf::from(ROOT),
         mounts,
+    }
+}
+
+/// The balloon driver reports free pages to the host in blocks of the pageblock order,
+/// 4 MiB in a kernel without huge pages, so memory freed in a fragmented way largely
+/// stays with the guest. 2 MiB blocks (order 9) hand most of it back; the setting is a
+/// module parameter that may be changed at run time. A kernel without reporting has no
+/// such file: nothing to do.
+fn report_free_pages_by_2mib() -> io::Result<()> {
+    const PARAM: &str = "/sys/module/page_reporting/parameters/page_reporting_order";
+    match std::fs::write(PARAM, "9") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
