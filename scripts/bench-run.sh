@@ -96,7 +96,11 @@ while (($(echo "$(now) - $t0 < 10" | bc))); do
   if ((cur * 10 <= idle * 11)); then back=$(echo "$(now) - $t0" | bc); break; fi
   sleep 0.1
 done
+if [[ -n $back ]]; then
+  returned="within 10% of idle after $(printf '%.1f' "$back") s"
+else
+  returned="NOT within 10% of idle after 10 s"
+fi
 printf 'balloon: qemu PSS idle %d MiB, 200 MiB filled %d MiB, after the free %d MiB (%s)\n' \
-  $((idle / 1024)) $((filled / 1024)) $(($(pss_kib "$qemu") / 1024)) \
-  "${back:+within 10% of idle after $(printf '%.1f' "$back") s}${back:-NOT within 10% of idle after 10 s}"
+  $((idle / 1024)) $((filled / 1024)) $(($(pss_kib "$qemu") / 1024)) "$returned"
 "$bin/apex" rm -f "$cid" >/dev/null

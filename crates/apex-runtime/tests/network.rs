@@ -342,7 +342,7 @@ async fn user_network_set_network_and_port_forwards() {
         let _u2 = background(&sb, &["udp-echo", "5354", "10.0.2.15"]).await;
         assert_eq!(udp_round_trip(&sb, 5354, b"eth0-only").await, b"eth0-only");
     }
-    sb.shutdown().await;
+    sb.shutdown(true).await;
 }
 
 /// Deletes the test tap on drop.
@@ -427,6 +427,6 @@ async fn tap_network_reaches_the_host_and_back() {
     c.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"over the tap\n");
     drop(c);
-    sb.shutdown().await;
+    sb.shutdown(true).await;
     drop(tap);
 }

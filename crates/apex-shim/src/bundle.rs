@@ -62,6 +62,10 @@ pub struct ShimConfig {
     /// The healthcheck, run in the guest while the main process runs.
     #[serde(default)]
     pub healthcheck: Option<apex_runtime::spec::HealthConfig>,
+    /// The container is removed once it exits (`--rm`): its writable layer is deleted, so
+    /// the guest is not asked to flush it at the end.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 /// Paths inside one bundle.

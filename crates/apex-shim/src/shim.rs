@@ -113,7 +113,7 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
     let _ = shim.output.send(Frame::json(Kind::Exit, &exit));
     // The VM goes first: nothing may outlive the recorded exit.
     if let Some(sb) = shim.sandbox.get().cloned() {
-        stop_vm(sb).await;
+        stop_vm(sb, !shim.cfg.auto_remove).await;
     }
     acceptor.abort();
     let _ = std::fs::remove_file(shim.bundle.socket());
@@ -125,14 +125,17 @@ pub async fn serve(bundle: Bundle, cfg: ShimConfig) -> Result<()> {
     Ok(())
 }
 
-/// Kills the VM and removes its state directory.
-async fn stop_vm(sb: Arc<Sandbox>) {
+/// Kills the VM and removes its state directory; with `sync`, the guest flushes its
+/// writable layer first (pointless for a container about to be removed).
+async fn stop_vm(sb: Arc<Sandbox>, sync: bool) {
     match Arc::try_unwrap(sb) {
-        Ok(sb) => sb.shutdown().await,
+        Ok(sb) => sb.shutdown(sync).await,
         Err(sb) => {
             // An exec or stats call still holds it: flush the writable layer, then kill
             // QEMU by pid (its backends die with this process through PDEATHSIG).
-            sb.sync_disks().await;
+            if sync {
+                sb.sync_disks().await;
+            }
             if let Some(pid) = rustix::process::Pid::from_raw(sb.vm_pid() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }

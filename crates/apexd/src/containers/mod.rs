@@ -708,6 +708,7 @@ impl Containers {
             nics: net.as_ref().map(|n| n.nics.clone()).unwrap_or_default(),
             network: net.map(|n| n.guest),
             healthcheck: rec.config.healthcheck.clone(),
+            auto_remove: rec.config.auto_remove,
         };
         let spawned = async {
             bundle.write_config(&cfg).map_err(|e| {

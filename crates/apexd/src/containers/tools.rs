@@ -105,7 +105,7 @@ impl Containers {
         let proc = match prepared {
             Ok(p) => p,
             Err(e) => {
-                sb.shutdown().await;
+                sb.shutdown(true).await;
                 return Err(Error::internal(format!("{e:#}")));
             }
         };
@@ -134,7 +134,7 @@ impl Containers {
             let _ = done_tx.send((code, String::from_utf8_lossy(&err).into_owned()));
             // Everything the tool wrote must be read before its VM goes.
             let _ = read_rx.await;
-            sb.shutdown().await;
+            sb.shutdown(true).await;
         });
         Ok(ToolRun {
             stdin: proc.stdin.map(|s| Box::pin(s) as Writer),
