@@ -1,5 +1,6 @@
 //! The PID 1 boot sequence: pseudo filesystems, kernel parameters, loopback, hostname,
-//! modules (a distribution kernel only), the image rootfs with a tmpfs overlay, and the container root's mounts.
+//! modules (a distribution kernel only), free page reporting, the image rootfs under an
+//! overlay on the writable layer, and the container root's mounts.
 //! Every step is logged with its duration; failures are logged and the boot goes on, so
 //! the agent comes up and the host can see what went wrong.
 

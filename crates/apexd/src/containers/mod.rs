@@ -45,8 +45,8 @@ const SHIM_READY: Duration = Duration::from_secs(10);
 const LOG_MAX_BYTES: u64 = 8 << 20;
 /// Guest memory when none is asked for, in MiB. Generous, as apple/container's: the guest
 /// touches its RAM on demand and gives what it frees back (balloon free page reporting),
-/// so an idle container costs about 13 MiB more than with 256 MiB (the kernel's page
-/// tables for the larger map), not 1 GiB.
+/// so an idle container costs about 14 MiB more than with 256 MiB (the guest kernel's
+/// page structures for the larger memory map), not 1 GiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 /// Restart back-off: 100 ms doubling up to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
