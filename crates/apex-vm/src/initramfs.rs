@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Kernel modules the guest loads (dependencies are added automatically).
 pub const WANTED_MODULES: &[&str] = &[
@@ -148,6 +149,7 @@ pub fn build_with(
     let hash = hex::encode(h.finalize());
     let out = cache_dir.join(format!("initramfs-{}.cpio", &hash[..32]));
     if out.is_file() {
+        keep_fresh(&out);
         return Ok(out);
     }
 
@@ -165,7 +167,48 @@ pub fn build_with(
         let _ = std::fs::remove_file(&tmp);
     }
     result.with_context(|| format!("writing initramfs {}", out.display()))?;
+    prune_unused(cache_dir, &out);
     Ok(out)
+}
+
+/// An initramfs not used for this long is removed when a new one is written (another
+/// apex-init or kernel version made it obsolete).
+const UNUSED_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Marks a cached initramfs as in use: its mtime is refreshed once a day at most.
+fn keep_fresh(path: &Path) {
+    let stale = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(24 * 3600))
+        .unwrap_or(false);
+    if stale {
+        let _ = File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+    }
+}
+
+/// Removes the cache's other initramfs files unused for [`UNUSED_FOR`].
+fn prune_unused(cache_dir: &Path, keep: &Path) {
+    let Ok(dir) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let path = e.path();
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if path == keep || !(name.starts_with("initramfs-") && name.ends_with(".cpio")) {
+            continue;
+        }
+        let unused = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > UNUSED_FOR);
+        if unused {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 fn write_archive(
@@ -417,6 +460,56 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         assert!(archive_path(Path::new("bin/x")).is_err());
         assert!(archive_path(Path::new("/a/../b")).is_err());
         assert_eq!(module_name("kernel/x/virtio-rng.ko.xz"), "virtio_rng");
+    }
+
+    #[test]
+    fn unused_initramfs_files_are_pruned_when_a_new_one_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        std::fs::create_dir(&cache).unwrap();
+        let aged = |name: &str, age_days: u64| {
+            let p = cache.join(name);
+            std::fs::write(&p, b"x").unwrap();
+            let t = SystemTime::now() - Duration::from_secs(age_days * 24 * 3600);
+            File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            p
+        };
+        let old = aged("initramfs-0000.cpio", 30);
+        let recent = aged("initramfs-1111.cpio", 2);
+        let other = aged("accel.json", 30);
+        let init = tmp.path().join("init-bin");
+        std::fs::write(&init, b"\x7fELF fake init").unwrap();
+        let kernel = KernelAssets {
+            image: tmp.path().join("vmlinux"),
+            modules_root: None,
+            version: "6.1.0-apex".into(),
+            flavor: crate::assets::KernelFlavor::Minimal,
+        };
+        let made = build(&init, &kernel, &cache).unwrap();
+        assert!(made.is_file() && recent.is_file() && other.is_file());
+        assert!(!old.exists(), "a month-old initramfs was kept");
+
+        // A cache hit on an old file refreshes it, so that it is not pruned while in use.
+        let t = SystemTime::now() - Duration::from_secs(30 * 24 * 3600);
+        File::options()
+            .write(true)
+            .open(&made)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        assert_eq!(build(&init, &kernel, &cache).unwrap(), made);
+        let age = std::fs::metadata(&made)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed()
+            .unwrap();
+        assert!(age < Duration::from_secs(60), "{age:?}");
     }
 
     /// A kernel with everything built in gets an initramfs with no modules and no list.
