@@ -15,6 +15,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::streams::{self, Wanted};
@@ -184,7 +185,21 @@ pub(super) async fn start(
         serde_json::from_slice(&bytes)
             .map_err(|e| DockerError::bad_request(format!("invalid exec start config: {e}")))?
     };
-    let shim = s.services().containers().exec_start(&id).await?;
+    let container = s
+        .execs
+        .with(&id, |e| e.container.clone())
+        .unwrap_or_default();
+    let running = s
+        .services()
+        .containers()
+        .resolve(&container)
+        .is_ok_and(|r| r.state == ContainerState::Running);
+    if !running {
+        return Err(DockerError::new(
+            StatusCode::CONFLICT,
+            format!("Container {container} is not running"),
+        ));
+    }
     let (ctl_tx, ctl_rx) = mpsc::channel(8);
     s.execs.with(&id, |e| {
         e.running = true;
@@ -192,6 +207,13 @@ pub(super) async fn start(
     });
     let execs = s.execs.clone();
     if opts.detach {
+        let shim = match s.services().containers().exec_start(&id).await {
+            Ok(shim) => shim,
+            Err(e) => {
+                execs.finished(&id, None);
+                return Err(e.into());
+            }
+        };
         // Nobody reads the output: drain it until the exec ends.
         tokio::spawn(async move {
             let mut shim = shim;
@@ -210,11 +232,27 @@ pub(super) async fn start(
         return Ok(StatusCode::OK.into_response());
     }
     let req = Request::from_parts(parts, axum::body::Body::empty());
-    streams::hijack(req, want.tty, move |io| async move {
-        streams::relay(io, shim, want, Some(ctl_rx), |exit| {
-            execs.finished(&id, exit.map(|e| e.exit_code))
-        })
-        .await;
+    let containers = s.services().containers().clone();
+    streams::hijack(req, want.tty, move |mut io| async move {
+        // The process starts only once the 101 response has gone out, as with dockerd.
+        // Output that reached the client together with the response head would be lost:
+        // docker-py parses the head with a buffered reader, then reads the raw socket.
+        match containers.exec_start(&id).await {
+            Ok(shim) => {
+                streams::relay(io, shim, want, Some(ctl_rx), |exit| {
+                    execs.finished(&id, exit.map(|e| e.exit_code))
+                })
+                .await
+            }
+            Err(e) => {
+                let msg = format!("cannot start the exec: {}\n", e.message());
+                let _ = io
+                    .write_all(&streams::encode(Kind::Stderr, msg.as_bytes(), want.tty))
+                    .await;
+                execs.finished(&id, Some(126));
+                let _ = io.shutdown().await;
+            }
+        }
     })
 }
 
