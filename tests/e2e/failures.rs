@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use apex_e2e::apex::{ApexHome, RunOutput};
+use apex_e2e::apex::{children, ApexHome, RunOutput};
 use apex_e2e::env::{eventually, BusyboxEnv};
 use apex_e2e::images::{self, Compression};
 use apex_e2e::registry::{Registry, RegistryAuth};
@@ -40,23 +40,6 @@ fn read_pid(path: &Path) -> i32 {
         .trim()
         .parse()
         .unwrap()
-}
-
-/// Children of `parent` whose command name starts with `comm`.
-fn children(parent: i32, comm: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let (head, rest) = stat.rsplit_once(')').unwrap_or_default();
-            let name = head.split_once('(').map(|x| x.1).unwrap_or_default();
-            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
-            ppid == Some(parent) && name.starts_with(comm)
-        })
-        .collect()
 }
 
 fn logs(home: &ApexHome, c: &str) -> String {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use apex_e2e::apex::ApexHome;
+use apex_e2e::apex::{children, ApexHome};
 use apex_e2e::env::{eventually, BusyboxEnv};
 
 /// The guest kernel release inside a container.
@@ -130,23 +130,10 @@ fn pss_kib(pid: u32) -> u64 {
 
 /// The QEMU process of the container whose helper is `shim`.
 fn qemu_of(shim: u32) -> u32 {
-    // Children are listed per thread: QEMU is spawned from one of the runtime's.
-    let mut children = String::new();
-    for task in std::fs::read_dir(format!("/proc/{shim}/task"))
-        .unwrap()
-        .flatten()
-    {
-        children += &std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        children.push(' ');
+    match children(shim as i32, "qemu-system")[..] {
+        [qemu] => qemu as u32,
+        ref other => panic!("helper {shim} has QEMU children {other:?}, not one"),
     }
-    children
-        .split_whitespace()
-        .filter_map(|p| p.parse::<u32>().ok())
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm"))
-                .is_ok_and(|c| c.starts_with("qemu-system"))
-        })
-        .unwrap_or_else(|| panic!("no qemu child of helper {shim}"))
 }
 
 #[test]

@@ -173,6 +173,24 @@ fn read_pid(path: &Path) -> Option<u32> {
 
 pub use apex_shim::bundle::pid_alive;
 
+/// Children of `parent` whose command name starts with `comm` (e.g. a helper's
+/// `qemu-system` process).
+pub fn children(parent: i32, comm: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let (head, rest) = stat.rsplit_once(')').unwrap_or_default();
+            let name = head.split_once('(').map(|x| x.1).unwrap_or_default();
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            ppid == Some(parent) && name.starts_with(comm)
+        })
+        .collect()
+}
+
 impl Default for ApexHome {
     fn default() -> Self {
         Self::new()

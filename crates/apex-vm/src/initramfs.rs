@@ -462,6 +462,19 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         assert_eq!(module_name("kernel/x/virtio-rng.ko.xz"), "virtio_rng");
     }
 
+    /// A fake init binary in `dir`, and a kernel with everything built in (no modules).
+    fn fake_init_and_built_in_kernel(dir: &Path) -> (PathBuf, KernelAssets) {
+        let init = dir.join("init-bin");
+        std::fs::write(&init, b"\x7fELF fake init").unwrap();
+        let kernel = KernelAssets {
+            image: dir.join("vmlinux"),
+            modules_root: None,
+            version: "6.1.0-apex".into(),
+            flavor: crate::assets::KernelFlavor::Minimal,
+        };
+        (init, kernel)
+    }
+
     #[test]
     fn unused_initramfs_files_are_pruned_when_a_new_one_is_written() {
         let tmp = tempfile::tempdir().unwrap();
@@ -482,14 +495,7 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
         let old = aged("initramfs-0000.cpio", 30);
         let recent = aged("initramfs-1111.cpio", 2);
         let other = aged("accel.json", 30);
-        let init = tmp.path().join("init-bin");
-        std::fs::write(&init, b"\x7fELF fake init").unwrap();
-        let kernel = KernelAssets {
-            image: tmp.path().join("vmlinux"),
-            modules_root: None,
-            version: "6.1.0-apex".into(),
-            flavor: crate::assets::KernelFlavor::Minimal,
-        };
+        let (init, kernel) = fake_init_and_built_in_kernel(tmp.path());
         let made = build(&init, &kernel, &cache).unwrap();
         assert!(made.is_file() && recent.is_file() && other.is_file());
         assert!(!old.exists(), "a month-old initramfs was kept");
@@ -516,14 +522,7 @@ kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko ker
     #[test]
     fn built_in_kernel_gets_no_modules() {
         let tmp = tempfile::tempdir().unwrap();
-        let init = tmp.path().join("init-bin");
-        std::fs::write(&init, b"\x7fELF fake init").unwrap();
-        let kernel = KernelAssets {
-            image: tmp.path().join("vmlinux"),
-            modules_root: None,
-            version: "6.1.0-apex".into(),
-            flavor: crate::assets::KernelFlavor::Minimal,
-        };
+        let (init, kernel) = fake_init_and_built_in_kernel(tmp.path());
         let a = build(&init, &kernel, &tmp.path().join("cache")).unwrap();
         let entries = newc::parse(&std::fs::read(&a).unwrap()).unwrap();
         assert!(entries.iter().any(|e| e.name == "init"));

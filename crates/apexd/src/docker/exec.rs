@@ -98,6 +98,14 @@ pub(super) struct CreateBody {
     working_dir: Option<String>,
 }
 
+/// Docker's 409 for an exec in a container that is not running.
+fn not_running(container: &str) -> DockerError {
+    DockerError::new(
+        StatusCode::CONFLICT,
+        format!("Container {container} is not running"),
+    )
+}
+
 /// `POST /containers/{id}/exec`.
 pub(super) async fn create(
     State(s): State<DockerState>,
@@ -111,10 +119,7 @@ pub(super) async fn create(
         .resolve(&id)
         .map_err(|_| DockerError::not_found(format!("No such container: {id}")))?;
     if rec.state != ContainerState::Running {
-        return Err(DockerError::new(
-            StatusCode::CONFLICT,
-            format!("Container {} is not running", rec.id),
-        ));
+        return Err(not_running(&rec.id));
     }
     if rec.paused {
         return Err(DockerError::new(
@@ -171,9 +176,9 @@ pub(super) async fn start(
     Path(id): Path<String>,
     req: Request,
 ) -> DockerResult<Response> {
-    let want = s
+    let (want, container) = s
         .execs
-        .with(&id, |e| e.want)
+        .with(&id, |e| (e.want, e.container.clone()))
         .ok_or_else(|| DockerError::not_found(format!("No such exec instance: {id}")))?;
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20)
@@ -185,20 +190,13 @@ pub(super) async fn start(
         serde_json::from_slice(&bytes)
             .map_err(|e| DockerError::bad_request(format!("invalid exec start config: {e}")))?
     };
-    let container = s
-        .execs
-        .with(&id, |e| e.container.clone())
-        .unwrap_or_default();
     let running = s
         .services()
         .containers()
         .resolve(&container)
         .is_ok_and(|r| r.state == ContainerState::Running);
     if !running {
-        return Err(DockerError::new(
-            StatusCode::CONFLICT,
-            format!("Container {container} is not running"),
-        ));
+        return Err(not_running(&container));
     }
     let (ctl_tx, ctl_rx) = mpsc::channel(8);
     s.execs.with(&id, |e| {
