@@ -419,6 +419,14 @@ pub mod tools {
     /// `ps`: prints one [`ProcessInfo`](super::ProcessInfo) JSON line per process of the
     /// container.
     pub const PS: &str = "ps";
+    /// `layer-diff UPPER LOWER EPOCH`: writes to stdout, as an OCI layer tar, what the
+    /// overlay upper directory `UPPER` changed on top of `LOWER` (whiteouts as `.wh.`
+    /// files, opaque directories as `.wh..wh..opq`, hardlinks kept, times clamped to the
+    /// Unix time `EPOCH`). Run with the guest's `/run/apex` as its root (see
+    /// [`LAYER_DIFF_ROOT`]), where the paths are `rw/upper` and `lower`.
+    pub const LAYER_DIFF: &str = "layer-diff";
+    /// The guest directory `layer-diff` runs chrooted in.
+    pub const LAYER_DIFF_ROOT: &str = "/run/apex";
     /// `archive-put` option: keep the tar's owners.
     pub const OPT_OWNER: &str = "--owner";
     /// `archive-put` option: refuse to replace a directory by a non-directory or back.

@@ -21,6 +21,7 @@ macro_rules! print {
 }
 
 mod attach;
+mod build;
 mod container;
 mod cp;
 mod daemon;
@@ -84,6 +85,11 @@ enum Cmd {
     /// Manage the apexd daemon.
     #[command(subcommand)]
     System(system::SystemCmd),
+    /// Build an image from a Dockerfile.
+    Build(build::BuildArgs),
+    /// Manage the build cache.
+    #[command(subcommand)]
+    Builder(build::BuilderCmd),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +127,8 @@ fn main() -> ExitCode {
             Cmd::Images(a) => done(image::run(&home, image::ImageCmd::Ls(a)).await),
             Cmd::Registry(c) => done(registry::run(&home, c).await),
             Cmd::System(c) => done(system::run(&home, c).await),
+            Cmd::Build(a) => done(build::run(&home, a).await),
+            Cmd::Builder(c) => done(build::builder(&home, c).await),
         }
     });
     // A pending read of stdin (run -i) must not hold the process open.

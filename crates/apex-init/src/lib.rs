@@ -19,6 +19,7 @@ pub mod cmdline;
 pub mod container_fs;
 pub mod copy;
 pub mod forward;
+pub mod layer_diff;
 pub mod modules;
 pub mod mounts;
 pub mod net;

@@ -23,6 +23,17 @@ pub fn run(args: &[String]) -> i32 {
         }),
         [name, path] if name == tools::ARCHIVE_GET => archive_get(path),
         [name] if name == tools::PS => ps(),
+        [name, upper, lower, epoch] if name == tools::LAYER_DIFF => match epoch.parse() {
+            Ok(epoch) => {
+                let out = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
+                crate::layer_diff::write(Path::new(upper), Path::new(lower), epoch, out)
+                    .and_then(|mut w| w.flush())
+            }
+            Err(_) => {
+                eprintln!("layer-diff: bad epoch {epoch}");
+                return tools::EXIT_USAGE;
+            }
+        },
         [name, rest @ ..] if name == tools::ARCHIVE_PUT && !rest.is_empty() => {
             let (opts, dir) = rest.split_at(rest.len() - 1);
             let owner = opts.iter().any(|o| o == tools::OPT_OWNER);
@@ -39,7 +50,7 @@ pub fn run(args: &[String]) -> i32 {
             archive_put(&dir[0], owner, no_clobber)
         }
         _ => {
-            eprintln!("usage: apex-init tool (stat PATH | archive-get PATH | archive-put [--owner] [--no-overwrite-dir-non-dir] DIR | ps)");
+            eprintln!("usage: apex-init tool (stat PATH | archive-get PATH | archive-put [--owner] [--no-overwrite-dir-non-dir] DIR | ps | layer-diff UPPER LOWER EPOCH)");
             return tools::EXIT_USAGE;
         }
     };

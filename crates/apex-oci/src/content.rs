@@ -94,6 +94,23 @@ impl ContentStore {
         Ok(d)
     }
 
+    /// Starts writing a blob whose digest is known only at the end (a layer compressed
+    /// as it is made).
+    pub fn writer(&self) -> Result<BlobWriter> {
+        let file = tempfile::Builder::new()
+            .prefix("new-")
+            .suffix(".partial")
+            .tempfile_in(self.root.join("ingest"))
+            .context("creating a blob in the content store")?;
+        // Held while writing: garbage collection skips locked ingest files.
+        flock(file.as_file(), FlockOperation::LockExclusive)?;
+        Ok(BlobWriter {
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
     /// Starts (or resumes) writing the blob `expected`. Blocks while another
     /// process is writing the same blob.
     pub fn ingest(&self, expected: &Digest) -> Result<Ingest> {
@@ -231,6 +248,42 @@ impl Ingest {
     /// The final path a committed blob gets.
     pub fn final_path(&self) -> &Path {
         &self.final_path
+    }
+}
+
+/// A blob being written under a name of its own until its digest is known
+/// ([`ContentStore::writer`]); dropped unfinished, it leaves nothing behind.
+pub struct BlobWriter {
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl BlobWriter {
+    /// Syncs the blob and moves it to its digest's place; returns (digest, size).
+    pub fn finish(self, store: &ContentStore) -> Result<(Digest, u64)> {
+        let d = Digest::from_hasher(self.hasher);
+        self.file.as_file().sync_all()?;
+        if !store.exists(&d) {
+            self.file
+                .persist(store.path(&d))
+                .map_err(|e| e.error)
+                .with_context(|| format!("storing blob {d}"))?;
+        }
+        Ok((d, self.size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 

@@ -1,7 +1,9 @@
 //! Image records in the embedded database (redb).
 //!
 //! Tables: `tags` (canonical reference -> manifest digest) and `images` (manifest
-//! digest -> [`ImageRecord`] as JSON), plus `meta.schema_version`. Every change is one
+//! digest -> [`ImageRecord`] as JSON), the build cache (`build_cache`: step cache key ->
+//! manifest digest, and `intermediate`: images made by build steps, hidden from lists
+//! until named), plus `meta.schema_version`. Every change is one
 //! redb transaction, so a crash leaves either the old or the new state. The database
 //! is opened per operation (redb allows one process at a time), with a bounded wait
 //! for a concurrent `apex` process to finish.
@@ -18,6 +20,8 @@ use crate::digest::Digest;
 const TAGS: TableDefinition<&str, &str> = TableDefinition::new("tags");
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const BUILD_CACHE: TableDefinition<&str, &str> = TableDefinition::new("build_cache");
+const INTERMEDIATE: TableDefinition<&str, u64> = TableDefinition::new("intermediate");
 
 /// Current schema version; bump with a migration in [`ImageDb::open`].
 pub const SCHEMA_VERSION: u64 = 1;
@@ -98,6 +102,8 @@ impl ImageDb {
             {
                 tx.open_table(TAGS)?;
                 tx.open_table(IMAGES)?;
+                tx.open_table(BUILD_CACHE)?;
+                tx.open_table(INTERMEDIATE)?;
             }
             ensure_schema(&tx, SCHEMA_VERSION, "image database", path)?;
             tx.commit()?;
@@ -117,6 +123,8 @@ impl ImageDb {
         schema == Some(SCHEMA_VERSION)
             && tx.open_table(TAGS).is_ok()
             && tx.open_table(IMAGES).is_ok()
+            && tx.open_table(BUILD_CACHE).is_ok()
+            && tx.open_table(INTERMEDIATE).is_ok()
     }
 
     /// Stores `record` and points each of `names` at it, atomically.
@@ -228,6 +236,68 @@ impl ImageDb {
             out.push((rec, n));
         }
         Ok(out)
+    }
+}
+
+impl ImageDb {
+    /// The image a build step with cache key `key` made, if recorded.
+    pub fn cache_get(&self, key: &str) -> Result<Option<Digest>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BUILD_CACHE)?;
+        Ok(t.get(key)?.map(|v| v.value().parse()).transpose()?)
+    }
+
+    /// Records that the step with cache key `key` made `digest`; `intermediate` marks an
+    /// image only a build step needs (hidden from lists while it has no name), and
+    /// `false` makes a build's result visible.
+    pub fn cache_put(&self, key: &str, digest: &Digest, intermediate: bool) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let d = digest.to_string();
+            tx.open_table(BUILD_CACHE)?.insert(key, d.as_str())?;
+            let mut inter = tx.open_table(INTERMEDIATE)?;
+            if intermediate {
+                inter.insert(d.as_str(), 0)?;
+            } else {
+                inter.remove(d.as_str())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Takes `digest` out of the intermediate images (a build returned it).
+    pub fn unmark_intermediate(&self, digest: &Digest) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(INTERMEDIATE)?
+            .remove(digest.to_string().as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Images made by build steps that no build returned as its result.
+    pub fn intermediates(&self) -> Result<std::collections::HashSet<Digest>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(INTERMEDIATE)?;
+        let mut out = std::collections::HashSet::new();
+        for e in t.iter()? {
+            out.insert(e?.0.value().parse()?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets the whole build cache; returns how many steps it held.
+    pub fn cache_clear(&self) -> Result<usize> {
+        let tx = self.db.begin_write()?;
+        let n = {
+            let mut t = tx.open_table(BUILD_CACHE)?;
+            let n = t.iter()?.count();
+            t.retain(|_, _| false)?;
+            tx.open_table(INTERMEDIATE)?.retain(|_, _| false)?;
+            n
+        };
+        tx.commit()?;
+        Ok(n)
     }
 }
 

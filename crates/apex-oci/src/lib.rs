@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod auth;
+pub mod commit;
 pub mod content;
 pub mod db;
 pub mod digest;

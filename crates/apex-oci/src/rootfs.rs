@@ -1,6 +1,6 @@
 //! The read-only root filesystem image a container boots from: all layers applied
 //! into a scratch directory, then packed with `mkfs.erofs` into
-//! `$APEX_HOME/rootfs/<manifest hex>.erofs`. Built once per image, under a lock,
+//! `$APEX_HOME/rootfs/<layer chain key>.erofs`. Built once per image, under a lock,
 //! published by rename so a crash never leaves a half-written image behind.
 
 use std::fs::{self, File, OpenOptions};
@@ -31,9 +31,21 @@ pub struct BuildReport {
     pub stats: LayerStats,
 }
 
+/// The name of `rec`'s rootfs image: a hash of its layer chain, so images that differ
+/// only in their config (build steps such as `ENV`) share one.
+pub fn key(rec: &ImageRecord) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut h = Sha256::new();
+    for l in &rec.layers {
+        h.update(l.digest.to_string().as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(h.finalize())
+}
+
 /// Path of the rootfs image for `rec` under `dir` (whether or not it exists).
 pub fn image_path(dir: &Path, rec: &ImageRecord) -> PathBuf {
-    dir.join(format!("{}.erofs", rec.digest.hex()))
+    dir.join(format!("{}.erofs", key(rec)))
 }
 
 /// Builds (or finds) the rootfs image for `rec`.
@@ -51,7 +63,7 @@ pub fn ensure(dir: &Path, store: &ContentStore, rec: &ImageRecord) -> Result<Bui
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(format!("{}.lock", rec.digest.hex())))?;
+        .open(dir.join(format!("{}.lock", key(rec))))?;
     flock(&lock, FlockOperation::LockExclusive)?;
     if out.is_file() {
         return Ok(BuildReport {
@@ -105,7 +117,7 @@ pub fn ensure(dir: &Path, store: &ContentStore, rec: &ImageRecord) -> Result<Bui
     // The scratch tree can hold root-owned read-only dirs: remove it without following links.
     remove_tree(&root)?;
     drop(scratch);
-    let _ = fs::remove_file(dir.join(format!("{}.lock", rec.digest.hex())));
+    let _ = fs::remove_file(dir.join(format!("{}.lock", key(rec))));
     Ok(BuildReport {
         path: out,
         cached: false,
@@ -115,7 +127,7 @@ pub fn ensure(dir: &Path, store: &ContentStore, rec: &ImageRecord) -> Result<Bui
     })
 }
 
-/// Deletes rootfs images (and leftover scratch dirs) not in `keep` (manifest hex digests).
+/// Deletes rootfs images (and leftover scratch dirs) not in `keep` ([`key`]s).
 pub fn gc(dir: &Path, keep: &std::collections::HashSet<String>) -> Result<u64> {
     let mut freed = 0;
     let Ok(rd) = fs::read_dir(dir) else {

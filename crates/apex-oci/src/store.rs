@@ -182,7 +182,7 @@ impl ImageStore {
         &self.config
     }
 
-    fn db(&self) -> Result<ImageDb> {
+    pub(crate) fn db(&self) -> Result<ImageDb> {
         ImageDb::open(&db_path(&self.home), DB_WAIT)
     }
 
@@ -207,6 +207,12 @@ impl ImageStore {
             },
         )?;
         Ok(f)
+    }
+
+    /// Keeps garbage collection from deleting blobs written but not recorded yet (a
+    /// build's layers) while the returned lock is held.
+    pub fn lease(&self) -> Result<File> {
+        self.gc_lock(false)
     }
 
     fn connect_opts(&self, mut o: ConnectOptions) -> ConnectOptions {
@@ -458,10 +464,12 @@ impl ImageStore {
 
     /// All local images.
     pub fn list(&self) -> Result<Vec<ImageSummary>> {
-        let mut out: Vec<ImageSummary> = self
-            .db()?
+        let db = self.db()?;
+        let steps = db.intermediates()?;
+        let mut out: Vec<ImageSummary> = db
             .list()?
             .into_iter()
+            .filter(|(rec, names)| !names.is_empty() || !steps.contains(&rec.digest))
             .map(|(rec, names)| summary(&rec, &names))
             .collect();
         out.sort_by(|a, b| b.created.cmp(&a.created).then(a.names.cmp(&b.names)));
@@ -556,9 +564,11 @@ impl ImageStore {
     /// Returns (removed image digests, bytes reclaimed).
     pub fn prune(&self, all: bool) -> Result<(Vec<Digest>, u64)> {
         let db = self.db()?;
+        let steps = db.intermediates()?;
         let mut removed = Vec::new();
         for (rec, names) in db.list()? {
-            if all || names.is_empty() {
+            // Build steps are the build cache's: `apex builder prune` reclaims them.
+            if all || (names.is_empty() && !steps.contains(&rec.digest)) {
                 db.remove_image(&rec.digest)?;
                 removed.push(rec.digest);
             }
@@ -577,7 +587,7 @@ impl ImageStore {
         for (rec, _) in &records {
             keep.extend(rec.blobs().cloned());
             keep.extend(rec.index_digest.iter().cloned());
-            keep_rootfs.insert(rec.digest.hex().to_string());
+            keep_rootfs.insert(rootfs::key(rec));
         }
         let mut freed = 0;
         for (d, size) in self.content.list()? {

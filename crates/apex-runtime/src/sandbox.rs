@@ -372,7 +372,7 @@ impl Sandbox {
         tty_size: Option<(u16, u16)>,
     ) -> Result<Process> {
         let p = self
-            .spawn_wire(spec, stdin, false, api::Namespaces::New, tty_size)
+            .spawn_wire(spec, stdin, false, api::Namespaces::New, tty_size, None)
             .await?;
         *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.id.clone());
         Ok(p)
@@ -389,13 +389,24 @@ impl Sandbox {
     /// Starts a process (an exec: in the main process's namespaces once it was started);
     /// its stdio arrives as vsock streams.
     pub async fn spawn(&self, spec: &ProcessSpec, stdin: bool) -> Result<Process> {
-        self.spawn_wire(spec, stdin, false, self.joined(), None)
+        self.spawn_wire(spec, stdin, false, self.joined(), None, None)
             .await
     }
 
     /// Starts one of the agent's built-in tools (see [`api::tools`]) as root, with
     /// stdout and stderr (and stdin if asked) as streams.
     pub async fn spawn_tool(&self, args: Vec<String>, stdin: bool) -> Result<Process> {
+        self.spawn_tool_in(args, stdin, None).await
+    }
+
+    /// [`Sandbox::spawn_tool`] chrooted in the guest directory `rootfs` instead of the
+    /// container root (`None`), such as [`api::tools::LAYER_DIFF_ROOT`].
+    pub async fn spawn_tool_in(
+        &self,
+        args: Vec<String>,
+        stdin: bool,
+        rootfs: Option<String>,
+    ) -> Result<Process> {
         let spec = ProcessSpec {
             args,
             env: vec![],
@@ -404,7 +415,7 @@ impl Sandbox {
             terminal: false,
             init: false,
         };
-        self.spawn_wire(&spec, stdin, true, self.joined(), None)
+        self.spawn_wire(&spec, stdin, true, self.joined(), None, rootfs)
             .await
     }
 
@@ -415,6 +426,7 @@ impl Sandbox {
         tool: bool,
         namespaces: api::Namespaces,
         tty_size: Option<(u16, u16)>,
+        rootfs: Option<String>,
     ) -> Result<Process> {
         let id = format!("p{}", self.next_proc.fetch_add(1, Ordering::Relaxed));
         let base = self.next_port.fetch_add(3, Ordering::Relaxed);
@@ -442,7 +454,7 @@ impl Sandbox {
             stdin_port: in_port,
             stdout_port: Some(out_port),
             stderr_port: err_port,
-            rootfs: None,
+            rootfs,
             rlimits: vec![],
             agent_tool: tool,
             namespaces,

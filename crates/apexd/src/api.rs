@@ -84,6 +84,10 @@ pub enum Endpoint {
     ArchiveGet,
     /// `PUT /v1/containers/{id}/archive`.
     ArchivePut,
+    /// `POST /v1/build`.
+    Build,
+    /// `POST /v1/build/prune`.
+    BuildPrune,
     /// `GET /v1/volumes`.
     VolumeList,
     /// `POST /v1/volumes`.
@@ -160,6 +164,8 @@ pub const ROUTES: &[Route] = &[
     Route::new("POST", "/v1/networks/prune", Endpoint::NetworkPrune),
     Route::new("GET", "/v1/networks/{id}", Endpoint::NetworkInspect),
     Route::new("DELETE", "/v1/networks/{id}", Endpoint::NetworkRemove),
+    Route::new("POST", "/v1/build", Endpoint::Build),
+    Route::new("POST", "/v1/build/prune", Endpoint::BuildPrune),
     Route::new("GET", "/v1/volumes", Endpoint::VolumeList),
     Route::new("POST", "/v1/volumes", Endpoint::VolumeCreate),
     Route::new("POST", "/v1/volumes/prune", Endpoint::VolumePrune),
@@ -279,6 +285,7 @@ impl IntoResponse for ApiError {
 }
 
 mod archive;
+mod build;
 mod containers;
 mod networks;
 mod pull;
@@ -332,6 +339,8 @@ fn handler(filter: MethodFilter, endpoint: Endpoint) -> MethodRouter<AppState> {
         Endpoint::ArchiveStat => on(filter, archive::stat),
         Endpoint::ArchiveGet => on(filter, archive::get),
         Endpoint::ArchivePut => on(filter, archive::put),
+        Endpoint::Build => on(filter, build::build),
+        Endpoint::BuildPrune => on(filter, build::prune),
         Endpoint::VolumeList => on(filter, volumes::list),
         Endpoint::VolumeCreate => on(filter, volumes::create),
         Endpoint::VolumeInspect => on(filter, volumes::inspect),
@@ -381,6 +390,19 @@ async fn shutdown(State(s): State<AppState>) -> (StatusCode, Json<Message>) {
 
 /// A streamed `application/x-ndjson` answer: each chunk received from `rx` as it comes.
 fn ndjson(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("valid response")
+}
+
+/// [`ndjson`] over an unbounded channel (a build's events, which must not be dropped).
+fn ndjson_unbounded(rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

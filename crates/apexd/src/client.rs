@@ -222,6 +222,33 @@ impl Client {
         let (resp, conn) = self
             .head(self.send(Method::GET, path, None, false), path)
             .await?;
+        self.lines_of(resp, conn).await
+    }
+
+    /// `POST path` streaming the bytes of `body` (a tar, chunked), returning the answer
+    /// as lines as they arrive (NDJSON). Only the answer's head is subject to the timeout.
+    pub async fn post_stream_lines(
+        &self,
+        path: &str,
+        body: impl tokio::io::AsyncRead + Send + 'static,
+    ) -> Result<LineStream, ClientError> {
+        let frames = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024)
+            .map_ok(hyper::body::Frame::data);
+        let body = http_body_util::StreamBody::new(frames);
+        let (resp, conn) = self
+            .head(
+                self.send_body(Method::POST, path, body, "application/x-tar", None),
+                path,
+            )
+            .await?;
+        self.lines_of(resp, conn).await
+    }
+
+    async fn lines_of(
+        &self,
+        resp: Response<Incoming>,
+        conn: JoinHandle<()>,
+    ) -> Result<LineStream, ClientError> {
         let status = resp.status();
         if !status.is_success() {
             let body = self.read_body(resp).await;

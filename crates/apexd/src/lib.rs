@@ -16,6 +16,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod builds;
 
 pub mod client;
 pub mod containers;

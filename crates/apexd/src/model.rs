@@ -664,3 +664,107 @@ mod tests {
         assert!("on-failure:x".parse::<RestartPolicy>().is_err());
     }
 }
+
+/// `POST /v1/build` query: the build's options; the body is the context as a tar
+/// (optionally gzip-compressed).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// Names to tag the result with.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The Dockerfile's path inside the context (default `Dockerfile`).
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// `--build-arg` values.
+    #[serde(default)]
+    pub build_args: std::collections::BTreeMap<String, String>,
+    /// The stage to build (default: the last one).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Run every step, ignoring the cache.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Pull base images even when they are present.
+    #[serde(default)]
+    pub pull: bool,
+    /// Labels added to the result.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The platform to build for (only the host's is supported).
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// The network `RUN` steps use (default: the default network).
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+/// One line of a build's progress stream (`POST /v1/build`, NDJSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// A step starts.
+    Step {
+        /// Step number over the whole build (`#N`), from 1.
+        n: usize,
+        /// Steps in the whole build.
+        total: usize,
+        /// The stage's name, if it has one.
+        stage: Option<String>,
+        /// Position in its stage, from 1, and the stage's step count.
+        pos: usize,
+        /// Steps in the stage.
+        stage_total: usize,
+        /// The instruction as written.
+        text: String,
+    },
+    /// Output of step `n`'s command.
+    Output {
+        /// Step number.
+        n: usize,
+        /// The bytes, lossily decoded.
+        data: String,
+    },
+    /// Step `n` was found in the cache.
+    Cached {
+        /// Step number.
+        n: usize,
+    },
+    /// Step `n` finished; the image it made.
+    Done {
+        /// Step number.
+        n: usize,
+        /// Seconds it took.
+        seconds: f64,
+        /// The image ID (config digest) after it.
+        id: String,
+    },
+    /// The build made this image.
+    Result {
+        /// Image ID (config digest).
+        id: String,
+        /// Manifest digest.
+        digest: String,
+        /// The names it was tagged with.
+        tags: Vec<String>,
+        /// Steps taken from the cache, of all steps.
+        cached: usize,
+        /// All steps.
+        steps: usize,
+    },
+    /// The build failed.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// `POST /v1/build/prune`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildPruneReport {
+    /// Cache entries forgotten.
+    pub cache_entries: usize,
+    /// Step images removed.
+    pub images_deleted: usize,
+    /// Bytes freed.
+    pub space_reclaimed: u64,
+}

@@ -1,6 +1,6 @@
-//! The service layer: one of each service (containers, images, networks, volumes) and
-//! the one event stream. Every front door (the native API, the Docker API, and later
-//! the dashboard and builds) translates requests into calls on these and never keeps
+//! The service layer: one of each service (containers, images, networks, volumes,
+//! builds) and the one event stream. Every front door (the native API, the Docker API,
+//! and later the dashboard) translates requests into calls on these and never keeps
 //! state of its own.
 
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::Notify;
 
+use crate::builds::Builds;
 use crate::containers::Containers;
 use crate::error::{Error, Result};
 use crate::events::Events;
@@ -28,6 +29,7 @@ pub struct Services {
     containers: Arc<Containers>,
     networks: Arc<Networks>,
     images: Arc<Images>,
+    builds: Arc<Builds>,
     events: Arc<Events>,
     shutdown: Arc<Notify>,
     accel_cache: PathBuf,
@@ -53,6 +55,7 @@ impl Services {
             events.clone(),
         );
         let images = Images::new(paths.home(), store.clone(), events.clone());
+        let builds = Builds::new(paths.home(), containers.clone(), images.clone());
         Arc::new(Services {
             paths,
             started: Instant::now(),
@@ -60,6 +63,7 @@ impl Services {
             containers,
             networks,
             images,
+            builds,
             events,
             shutdown,
             accel_cache,
@@ -89,6 +93,11 @@ impl Services {
     /// Images.
     pub fn images(&self) -> &Arc<Images> {
         &self.images
+    }
+
+    /// Dockerfile builds.
+    pub fn builds(&self) -> &Arc<Builds> {
+        &self.builds
     }
 
     /// The event stream.

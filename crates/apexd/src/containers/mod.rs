@@ -9,7 +9,7 @@ pub mod archive;
 pub mod logs;
 pub use logs::log_timestamp;
 mod ops;
-mod tools;
+pub(crate) mod tools;
 pub mod wait;
 
 use std::collections::HashMap;

@@ -75,11 +75,30 @@ impl Containers {
         args: Vec<String>,
         stdin: bool,
     ) -> Result<ToolRun> {
+        self.run_tool_in(what, args, stdin, None).await
+    }
+
+    /// [`Containers::run_tool`] chrooted in the guest directory `rootfs` (see
+    /// [`apex_runtime::sandbox::Sandbox::spawn_tool_in`]); only on a container that is
+    /// not running.
+    pub(crate) async fn run_tool_in(
+        self: &Arc<Self>,
+        what: &str,
+        args: Vec<String>,
+        stdin: bool,
+        rootfs: Option<String>,
+    ) -> Result<ToolRun> {
         let id = self.resolve(what)?.id;
         let lock = self.lock_of(&id);
         let guard = lock.lock_owned().await;
         let rec = self.resolve(&id)?;
         if rec.state == ContainerState::Running {
+            if rootfs.is_some() {
+                return Err(Error::conflict(format!(
+                    "container {} is running",
+                    rec.name
+                )));
+            }
             drop(guard);
             return self.tool_in_helper(&rec.id, args, stdin).await;
         }
@@ -99,7 +118,7 @@ impl Containers {
         })?;
         let prepared = async {
             sb.mount_filesystems().await?;
-            sb.spawn_tool(args, stdin).await
+            sb.spawn_tool_in(args, stdin, rootfs).await
         }
         .await;
         let proc = match prepared {
