@@ -401,15 +401,19 @@ fn ndjson(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
         .expect("valid response")
 }
 
-/// [`ndjson`] over an unbounded channel (a build's events, which must not be dropped).
-fn ndjson_unbounded(rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>) -> Response {
+/// A streamed answer of `content_type` made of the chunks sent to `rx` (a build's
+/// events, which must not be dropped; shared with the Docker front door).
+pub(crate) fn streamed(
+    content_type: &'static str,
+    rx: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
     Response::builder()
-        .header(axum::http::header::CONTENT_TYPE, "application/x-ndjson")
+        .header(axum::http::header::CONTENT_TYPE, content_type)
         .body(axum::body::Body::from_stream(stream))
         .expect("valid response")
 }

@@ -45,7 +45,7 @@ pub(super) async fn build(
             Some(v.into())
         })
         .await?;
-    Ok(super::ndjson_unbounded(rx))
+    Ok(super::streamed("application/x-ndjson", rx))
 }
 
 pub(super) async fn prune(State(s): State<AppState>) -> ApiResult<BuildPruneReport> {

@@ -45,6 +45,14 @@ pub struct Builds {
     images: Arc<Images>,
 }
 
+/// A build ready to run (see [`Builds::prepare`]); its scratch space goes with it.
+pub struct Prepared {
+    scratch: tempfile::TempDir,
+    ctx: PathBuf,
+    df: Dockerfile,
+    req: BuildRequest,
+}
+
 /// The platform builds produce (the host's; cross builds are not supported).
 fn host_platform() -> String {
     format!(
@@ -78,14 +86,9 @@ impl Builds {
         })
     }
 
-    /// Builds the context in the tar file `context` as `req` says, reporting to `sink`.
-    /// Returns the [`BuildEvent::Result`] it also sent.
-    pub async fn build(
-        self: &Arc<Self>,
-        req: BuildRequest,
-        context: &Path,
-        sink: Sink,
-    ) -> Result<BuildEvent> {
+    /// Reads and checks a build: the options, the context in the tar file `context`,
+    /// and the Dockerfile. What can be wrong before any step runs fails here.
+    pub async fn prepare(self: &Arc<Self>, req: BuildRequest, context: &Path) -> Result<Prepared> {
         if let Some(p) = req.platform.as_deref().filter(|p| !p.is_empty()) {
             check_platform(p)?;
         }
@@ -110,9 +113,35 @@ impl Builds {
                 .map_err(|e| Error::internal(format!("worker failed: {e}")))??
         };
         let df = dockerfile::parse(&text).map_err(|e| Error::bad_request(e.to_string()))?;
+        if let Some(t) = req.target.as_deref().filter(|t| !t.is_empty()) {
+            let lower = t.to_ascii_lowercase();
+            if !df
+                .stages
+                .iter()
+                .any(|s| s.name.as_deref() == Some(lower.as_str()))
+            {
+                return Err(Error::bad_request(format!(
+                    "failed to reach build target {t} in Dockerfile"
+                )));
+            }
+        }
+        Ok(Prepared {
+            scratch,
+            ctx,
+            df,
+            req,
+        })
+    }
+
+    /// Runs a prepared build, reporting to `sink`. Returns the [`BuildEvent::Result`]
+    /// it also sent.
+    pub async fn execute(self: &Arc<Self>, p: Prepared, sink: Sink) -> Result<BuildEvent> {
         let _lease = with_store(&self.home, |s| s.lease()).await?;
-        let mut b = stage::Build::new(self.clone(), req, df, ctx, scratch.path().into(), sink);
-        b.run().await
+        let scratch = p.scratch.path().to_path_buf();
+        let mut b = stage::Build::new(self.clone(), p.req, p.df, p.ctx, scratch, sink);
+        let res = b.run().await;
+        drop(p.scratch);
+        res
     }
 
     fn scratch_root(&self) -> Result<PathBuf> {
@@ -221,8 +250,8 @@ fn elapsed(t: Instant) -> f64 {
 }
 
 impl Builds {
-    /// Runs a build for a front door: saves the context read from `body`, then builds
-    /// in a task of its own, sending each event through `render` to the returned
+    /// Runs a build for a front door: saves the context read from `body` and prepares
+    /// the build (its errors are returned), then builds in a task of its own, sending each event through `render` to the returned
     /// stream. The build stops (and its step container goes) when the client does.
     pub async fn start(
         self: &Arc<Self>,
@@ -242,6 +271,8 @@ impl Builds {
             .await
             .map_err(|e| Error::bad_request(format!("reading the build context: {e}")))?;
         drop(f);
+        let prepared = self.prepare(req, tar.path()).await?;
+        drop(tar);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let render = Arc::new(render);
         let (tx2, render2) = (tx.clone(), render.clone());
@@ -253,7 +284,7 @@ impl Builds {
         let me = self.clone();
         tokio::spawn(async move {
             let res = tokio::select! {
-                r = me.build(req, tar.path(), sink) => r,
+                r = me.execute(prepared, sink) => r,
                 _ = tx.closed() => {
                     tracing::info!("build cancelled: the client went away");
                     return;

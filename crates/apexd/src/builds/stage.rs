@@ -178,21 +178,19 @@ impl Build {
             }
         }
         self.global = global;
-        let target = match self.req.target.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => {
-                let lower = t.to_ascii_lowercase();
+        // Builds::prepare checked that a named target exists.
+        let target = self
+            .req
+            .target
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .and_then(|t| {
                 self.df
                     .stages
                     .iter()
-                    .position(|s| s.name.as_deref() == Some(lower.as_str()))
-                    .ok_or_else(|| {
-                        Error::bad_request(format!(
-                            "failed to reach build target {t} in Dockerfile"
-                        ))
-                    })?
-            }
-            None => self.df.stages.len() - 1,
-        };
+                    .position(|s| s.name.as_deref() == Some(&t))
+            })
+            .unwrap_or(self.df.stages.len() - 1);
         let mut needed = BTreeSet::new();
         let mut todo = vec![target];
         while let Some(i) = todo.pop() {
@@ -221,7 +219,12 @@ impl Build {
             };
         }
         let rec = img.rec.clone().expect("committed");
-        let tags = self.req.tags.clone();
+        let tags: Vec<String> = (self.req.tags.iter())
+            .map(|t| match apex_oci::reference::ImageRef::parse(t) {
+                Ok(r) => apex_oci::store::familiar(&r.canonical()),
+                Err(_) => t.clone(),
+            })
+            .collect();
         let r2 = rec.clone();
         with_store(&self.svc.home, move |s| s.build_result(&r2)).await?;
         for t in &tags {

@@ -626,7 +626,7 @@ pub(super) async fn get_many(
 }
 
 /// Decodes `a=1&b=2&a=3` (repeated keys kept).
-fn url_pairs(q: &str) -> Vec<(String, String)> {
+pub(super) fn url_pairs(q: &str) -> Vec<(String, String)> {
     let decode = |s: &str| {
         let s = s.replace('+', " ");
         let mut out = Vec::new();

@@ -12,6 +12,7 @@
 //! (and no prefix); the version a request asked for is in its extensions
 //! ([`ApiVersion`]). Errors are `{"message": ...}` with Docker's codes and messages.
 
+mod build;
 mod containers;
 mod convert;
 mod exec;
@@ -273,8 +274,8 @@ fn router(state: DockerState) -> Router {
                 .post(images::post_named)
                 .delete(images::remove),
         )
-        .route("/build", post(not_implemented))
-        .route("/build/prune", post(not_implemented))
+        .route("/build", post(build::build))
+        .route("/build/prune", post(build::prune))
         .route("/session", post(not_implemented))
         .route("/distribution/{*rest}", get(not_implemented))
         // Networks.
