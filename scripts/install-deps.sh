@@ -15,7 +15,7 @@ APT_PACKAGES=(
   qemu-system-x86 docker-registry e2fsprogs erofs-utils busybox-static skopeo apache2-utils
   libseccomp-dev libcap-ng-dev debootstrap cpio kmod jq pkg-config iproute2 nftables
   hyperfine zstd socat ca-certificates bc gcc libc6-dev binutils
-  docker-compose python3-venv bsdutils
+  docker-compose python3-venv bsdutils buildah
   linux-source-6.1 flex bison libelf-dev make xz-utils
 )
 # Docker API clients for the tests, from PyPI, in their own venv.
