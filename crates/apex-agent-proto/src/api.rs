@@ -419,6 +419,9 @@ pub mod tools {
     /// `ps`: prints one [`ProcessInfo`](super::ProcessInfo) JSON line per process of the
     /// container.
     pub const PS: &str = "ps";
+    /// `pause`: waits until killed. The main process of a build step's container, whose
+    /// commands run as execs in its namespaces.
+    pub const PAUSE: &str = "pause";
     /// `layer-diff UPPER LOWER EPOCH`: writes to stdout, as an OCI layer tar, what the
     /// overlay upper directory `UPPER` changed on top of `LOWER` (whiteouts as `.wh.`
     /// files, opaque directories as `.wh..wh..opq`, hardlinks kept, times clamped to the

@@ -23,6 +23,10 @@ pub fn run(args: &[String]) -> i32 {
         }),
         [name, path] if name == tools::ARCHIVE_GET => archive_get(path),
         [name] if name == tools::PS => ps(),
+        [name] if name == tools::PAUSE => loop {
+            // SAFETY: pause(2) only waits for a signal; the default actions end the process.
+            unsafe { libc::pause() };
+        },
         [name, upper, lower, epoch] if name == tools::LAYER_DIFF => match epoch.parse() {
             Ok(epoch) => {
                 let out = BufWriter::with_capacity(256 * 1024, io::stdout().lock());
@@ -50,7 +54,7 @@ pub fn run(args: &[String]) -> i32 {
             archive_put(&dir[0], owner, no_clobber)
         }
         _ => {
-            eprintln!("usage: apex-init tool (stat PATH | archive-get PATH | archive-put [--owner] [--no-overwrite-dir-non-dir] DIR | ps | layer-diff UPPER LOWER EPOCH)");
+            eprintln!("usage: apex-init tool (stat PATH | archive-get PATH | archive-put [--owner] [--no-overwrite-dir-non-dir] DIR | ps | pause | layer-diff UPPER LOWER EPOCH)");
             return tools::EXIT_USAGE;
         }
     };

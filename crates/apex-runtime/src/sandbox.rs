@@ -372,7 +372,7 @@ impl Sandbox {
         tty_size: Option<(u16, u16)>,
     ) -> Result<Process> {
         let p = self
-            .spawn_wire(spec, stdin, false, api::Namespaces::New, tty_size, None)
+            .spawn_wire(spec, stdin, spec.tool, api::Namespaces::New, tty_size, None)
             .await?;
         *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.id.clone());
         Ok(p)
@@ -414,6 +414,7 @@ impl Sandbox {
             user: "0".into(),
             terminal: false,
             init: false,
+            tool: true,
         };
         self.spawn_wire(&spec, stdin, true, self.joined(), None, rootfs)
             .await

@@ -126,6 +126,10 @@ pub struct ProcessSpec {
     /// Run a reaping init in front of the process (`--init`; main processes only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init: bool,
+    /// `args` name one of the agent's built-in tools (see
+    /// [`apex_agent_proto::api::tools`]), run instead of a program of the image.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tool: bool,
 }
 
 /// Environment variables in first-set order, later values winning.
@@ -249,6 +253,7 @@ pub fn resolve(
         user,
         terminal: o.tty,
         init: false,
+        tool: false,
     })
 }
 

@@ -127,6 +127,7 @@ fn spec(args: &[&str]) -> ProcessSpec {
         user: String::new(),
         terminal: false,
         init: false,
+        tool: false,
     }
 }
 

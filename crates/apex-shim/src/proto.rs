@@ -86,6 +86,10 @@ pub struct ExecSpec {
     /// [`apex_agent_proto::api::tools`]) as root, ignoring env, workdir, user and tty.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tool: bool,
+    /// With `tool`: the guest directory it runs chrooted in (default: the container's
+    /// root), such as [`apex_agent_proto::api::tools::LAYER_DIFF_ROOT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<String>,
 }
 
 /// Lifecycle phase reported by [`Request::Status`].

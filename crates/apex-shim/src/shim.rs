@@ -696,7 +696,8 @@ async fn exec(shim: Arc<Shim>, mut conn: UnixStream, spec: ExecSpec) -> Result<(
     let pspec = exec_spec(&shim.cfg.process, &spec);
     answer(&mut conn, Response::ok(&())).await?;
     let spawned = if spec.tool {
-        sb.spawn_tool(spec.args.clone(), spec.stdin).await
+        sb.spawn_tool_in(spec.args.clone(), spec.stdin, spec.rootfs.clone())
+            .await
     } else {
         sb.spawn(&pspec, spec.stdin).await
     };
@@ -817,6 +818,7 @@ fn exec_spec(base: &ProcessSpec, spec: &ExecSpec) -> ProcessSpec {
         user: spec.user.clone().unwrap_or_else(|| base.user.clone()),
         terminal: spec.tty,
         init: false,
+        tool: false,
     }
 }
 
@@ -838,6 +840,7 @@ mod tests {
             user: "app".into(),
             terminal: false,
             init: false,
+            tool: false,
         };
         let s = exec_spec(
             &base,

@@ -201,6 +201,10 @@ impl std::fmt::Display for RestartPolicy {
 pub struct CreateRequest {
     /// Image reference (must be local).
     pub image: String,
+    /// A build step's container: its main process is the agent's `pause` tool (the
+    /// command is ignored) and the step's commands run as execs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub build_step: bool,
     /// Unique name (default: generated).
     #[serde(default)]
     pub name: Option<String>,

@@ -469,6 +469,7 @@ pub(crate) fn test_record(id: &str, name: &str, state: ContainerState) -> Contai
                 user: "0".into(),
                 terminal: false,
                 init: false,
+                tool: false,
             },
             stdin_open: false,
             cpus: 1,

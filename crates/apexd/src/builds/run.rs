@@ -1,8 +1,9 @@
-//! `RUN`: the command runs in a container of the step's image (a VM like any other, on
-//! the build's network) through the containers service, its output streamed to the
-//! build. What it changed becomes a layer: the agent's `layer-diff` tool reads the
-//! stopped container's writable layer in a VM booted on its disk, and the tar it
-//! writes is compressed into the content store as it arrives. The container is removed
+//! `RUN`: a container of the step's image (a VM like any other, on the build's network)
+//! is created through the containers service with the agent's `pause` tool as its main
+//! process; the command runs in it as an exec, its output streamed to the build. What
+//! it changed becomes a layer in the same VM: the agent's `layer-diff` tool reads the
+//! writable layer's overlay upper directory, and the tar it writes is compressed into
+//! the content store as it arrives. One VM boot per step. The container is removed
 //! whatever happens, also when the client goes away mid-step.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use apex_shim::stream::{read_frame, Exit, Kind};
 
 use crate::containers::Containers;
 use crate::error::{Error, Result};
-use crate::model::CreateRequest;
+use crate::model::{CreateRequest, ExecRequest};
 
 /// The label that marks a build step's container.
 pub const BUILD_LABEL: &str = "apex.build.step";
@@ -44,20 +45,33 @@ pub enum RunOutcome {
     Failed(i32),
 }
 
-/// Removes the step's container when dropped (the build ended, failed or was dropped).
+/// Removes the step's container: [`Cleanup::remove`] when the step ends, or on drop
+/// when the build is dropped mid-step (the client went away).
 struct Cleanup {
     containers: Arc<Containers>,
-    id: String,
+    id: Option<String>,
+}
+
+impl Cleanup {
+    async fn remove(mut self) {
+        if let Some(id) = self.id.take() {
+            remove(&self.containers, &id).await;
+        }
+    }
+}
+
+async fn remove(containers: &Containers, id: &str) {
+    if let Err(e) = containers.remove(id, true, true).await {
+        tracing::warn!(id = &id[..12], "removing a build step's container: {e}");
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let (c, id) = (self.containers.clone(), self.id.clone());
-        tokio::spawn(async move {
-            if let Err(e) = c.remove(&id, true, true).await {
-                tracing::warn!(id = &id[..12], "removing a build step's container: {e}");
-            }
-        });
+        if let Some(id) = self.id.take() {
+            let c = self.containers.clone();
+            tokio::spawn(async move { remove(&c, &id).await });
+        }
     }
 }
 
@@ -72,21 +86,39 @@ pub async fn run(
     let created = containers
         .create(CreateRequest {
             image: step.image.clone(),
-            command: step.argv.clone(),
+            build_step: true,
+            command: vec![tools::PAUSE.into()],
             entrypoint: Some(vec![]),
-            env: step.env.clone(),
             network: step.network.clone(),
             labels,
             ..Default::default()
         })
         .await?;
-    let _cleanup = Cleanup {
+    let cleanup = Cleanup {
         containers: containers.clone(),
-        id: created.id.clone(),
+        id: Some(created.id.clone()),
     };
-    let attach = containers.attach_when_started(&created.id, false)?;
-    containers.start(&created.id, true).await?;
-    let mut stream = attach.await?;
+    let res = in_container(containers, &created.id, &step, &mut output).await;
+    cleanup.remove().await;
+    res
+}
+
+async fn in_container(
+    containers: &Arc<Containers>,
+    id: &str,
+    step: &RunStep,
+    output: &mut impl FnMut(Kind, &[u8]),
+) -> Result<RunOutcome> {
+    containers.start(id, false).await?;
+    let exec = containers.exec_create(
+        id,
+        ExecRequest {
+            command: step.argv.clone(),
+            env: step.env.clone(),
+            ..Default::default()
+        },
+    )?;
+    let mut stream = containers.exec_start(&exec.id).await?;
     let exit = loop {
         match read_frame(&mut stream).await {
             Ok(Some(f)) => match f.kind {
@@ -102,18 +134,16 @@ pub async fn run(
         }
     };
     if let Some(e) = exit.error {
-        return Err(Error::internal(e));
+        return Err(Error::bad_request(e));
     }
-    containers.wait(&created.id).await?;
     if exit.exit_code != 0 {
         return Ok(RunOutcome::Failed(exit.exit_code));
     }
-    diff(containers, &created.id, step.epoch)
-        .await
-        .map(RunOutcome::Done)
+    diff(containers, id, step.epoch).await.map(RunOutcome::Done)
 }
 
-/// The layer of what the stopped container `id` changed (`None` if nothing).
+/// The layer of what the container `id` changed (`None` if nothing), read while its
+/// main process idles: the step's command has ended, so nothing writes any more.
 async fn diff(containers: &Arc<Containers>, id: &str, epoch: u64) -> Result<Option<NewLayer>> {
     let args = [tools::LAYER_DIFF, "rw/upper", "lower", &epoch.to_string()]
         .map(String::from)

@@ -370,8 +370,13 @@ impl Containers {
             tty: req.tty,
             hostname: Some(hostname.clone()),
         };
-        let process = spec::resolve(&image_cfg, &overrides, |_| None)
+        let mut process = spec::resolve(&image_cfg, &overrides, |_| None)
             .map_err(|e| Error::new(ErrorKind::BadRequest, format!("{e:#}")))?;
+        if req.build_step {
+            // A build step's container idles; its commands run as execs.
+            process.args = vec![apex_agent_proto::api::tools::PAUSE.into()];
+            process.tool = true;
+        }
         let (entrypoint, cmd) = spec::split_command(&image_cfg, &overrides);
         let mut labels = image_cfg.labels.clone().unwrap_or_default();
         labels.extend(req.labels.clone());
@@ -1123,7 +1128,7 @@ impl Containers {
             user: req.user,
             tty: req.tty,
             stdin: req.stdin,
-            tool: false,
+            ..Default::default()
         };
         self.execs
             .lock()

@@ -79,8 +79,7 @@ impl Containers {
     }
 
     /// [`Containers::run_tool`] chrooted in the guest directory `rootfs` (see
-    /// [`apex_runtime::sandbox::Sandbox::spawn_tool_in`]); only on a container that is
-    /// not running.
+    /// [`apex_runtime::sandbox::Sandbox::spawn_tool_in`]).
     pub(crate) async fn run_tool_in(
         self: &Arc<Self>,
         what: &str,
@@ -93,14 +92,8 @@ impl Containers {
         let guard = lock.lock_owned().await;
         let rec = self.resolve(&id)?;
         if rec.state == ContainerState::Running {
-            if rootfs.is_some() {
-                return Err(Error::conflict(format!(
-                    "container {} is running",
-                    rec.name
-                )));
-            }
             drop(guard);
-            return self.tool_in_helper(&rec.id, args, stdin).await;
+            return self.tool_in_helper(&rec.id, args, stdin, rootfs).await;
         }
         let fs = self.filesystem(&rec);
         let cfg = SandboxConfig {
@@ -164,11 +157,18 @@ impl Containers {
 
     /// Runs a tool as an exec of the running container's helper, turning its frames
     /// back into streams.
-    async fn tool_in_helper(&self, id: &str, args: Vec<String>, stdin: bool) -> Result<ToolRun> {
+    async fn tool_in_helper(
+        &self,
+        id: &str,
+        args: Vec<String>,
+        stdin: bool,
+        rootfs: Option<String>,
+    ) -> Result<ToolRun> {
         let spec = ExecSpec {
             args,
             stdin,
             tool: true,
+            rootfs,
             ..Default::default()
         };
         let sock = self.bundle(id).socket();

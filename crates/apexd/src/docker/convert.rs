@@ -770,6 +770,7 @@ pub fn create_request(
         .transpose()?;
     Ok(CreateRequest {
         image,
+        build_step: false,
         name: name
             .filter(|n| !n.is_empty())
             .map(|n| n.trim_start_matches('/').to_string()),
