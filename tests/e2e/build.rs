@@ -17,7 +17,8 @@ const DOCKERFILE: &str = r#"# syntax=docker/dockerfile:1
 ARG BASE=busybox
 FROM ${BASE} AS build
 ARG MSG=default
-RUN echo "built: $MSG" > /msg.txt
+# Steps have the default network: an address and a default route.
+RUN ip route | grep -q '^default via' && echo "built: $MSG" > /msg.txt
 
 FROM busybox
 COPY data/ /data/
@@ -117,7 +118,7 @@ fn multi_stage_build_whiteouts_config_cache_and_push() {
     assert!(
         cold_steps
             .values()
-            .any(|(t, _)| t == "[build 2/2] RUN echo \"built: $MSG\" > /msg.txt"),
+            .any(|(t, _)| t.starts_with("[build 2/2] RUN ip route")),
         "{}",
         cold.dump()
     );
@@ -275,7 +276,7 @@ fn multi_stage_build_whiteouts_config_cache_and_push() {
     assert!(
         steps(&after.stderr)
             .values()
-            .any(|(t, c)| t.contains("RUN echo") && !c),
+            .any(|(t, c)| t.contains("RUN ip route") && !c),
         "the pruned cache is not used: {}",
         after.dump()
     );
@@ -596,4 +597,106 @@ fn instructions_that_need_no_vm() {
         .map(|(p, ..)| p)
         .collect();
     assert_eq!(names, ["hello"]);
+
+    // The same context as a tar on stdin (`apex build -`).
+    let tar_path = e.tmp.path().join("scratch.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+        b.append_dir_all(".", &scratch).unwrap();
+        b.finish().unwrap();
+    }
+    let out = e
+        .home
+        .cmd()
+        .args(["build", "-q", "-t", "stdin:1", "-"])
+        .stdin(std::fs::File::open(&tar_path).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let v = e.home.apex_json(&["image", "inspect", "scratchy:1"]);
+    let v = if v.is_array() { v[0].clone() } else { v };
+    assert_eq!(
+        v["Id"].as_str(),
+        Some(id.as_str()),
+        "the same build, from the cache"
+    );
+}
+
+/// The containers of the home (only running ones unless `all`), as `apex ps -q` lists
+/// them.
+fn containers(e: &DockerEnv, all: bool) -> Vec<String> {
+    let out = e.home.run(if all {
+        &["ps", "-a", "-q"]
+    } else {
+        &["ps", "-q"]
+    });
+    out.assert_ok();
+    out.stdout.split_whitespace().map(String::from).collect()
+}
+
+/// Ctrl-C of `apex build` cancels the build and removes its step container; a daemon
+/// killed mid-step removes the leftovers (container, scratch space) when it restarts.
+#[test]
+fn interrupted_builds_leave_nothing() {
+    let e = DockerEnv::new();
+    let dir = context(
+        &e,
+        "slow",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo started && sleep 120\n",
+        )],
+    );
+    let start = || {
+        let mut cmd = e.home.cmd();
+        cmd.args(["build", "--progress", "plain", "-t", "slow:1"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        apex_e2e::env::eventually(
+            std::time::Duration::from_secs(120),
+            "the step's container to run",
+            || (!containers(&e, false).is_empty()).then_some(()),
+        );
+        child
+    };
+    let gone = |what: &str| {
+        apex_e2e::env::eventually(std::time::Duration::from_secs(60), what, || {
+            containers(&e, true).is_empty().then_some(())
+        })
+    };
+
+    // Ctrl-C: the CLI goes, the daemon cancels the build and removes the container.
+    let mut cli = start();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(cli.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    assert!(!cli.wait().unwrap().success());
+    gone("the cancelled build's container to go");
+    e.home.run(&["image", "inspect", "slow:1"]).assert_failure();
+
+    // kill -9 of apexd mid-step: the next daemon removes what the build left.
+    let mut cli = start();
+    let daemon = e.home.daemon_pid().expect("a daemon");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(daemon as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(!cli.wait().unwrap().success());
+    gone("the restarted daemon to remove the step's container");
+    let scratch: Vec<_> = std::fs::read_dir(e.home.path().join("builds"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(scratch.is_empty(), "build scratch left: {scratch:?}");
+    assert!(e.home.shim_pids().is_empty(), "a helper is left");
 }

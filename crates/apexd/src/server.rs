@@ -203,6 +203,7 @@ async fn serve(paths: &Paths, store: StateStore) -> Result<()> {
     if let Err(e) = state.containers().recover().await {
         tracing::error!("recovering containers: {e:#}");
     }
+    services.builds().sweep().await;
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -164,8 +164,29 @@ impl Builds {
         with_store(&self.home, move |s| s.builder_prune(&in_use)).await
     }
 
-    /// Removes build directories a killed daemon left behind.
-    pub fn sweep(&self) {
+    /// At daemon start: removes what builds cut short by a killed daemon left behind,
+    /// their step containers and scratch directories.
+    pub async fn sweep(&self) {
+        let steps: Vec<String> = match self.containers.store().list() {
+            Ok(list) => list
+                .into_iter()
+                .filter(|c| c.config.labels.contains_key(BUILD_LABEL))
+                .map(|c| c.id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("listing containers: {e:#}");
+                vec![]
+            }
+        };
+        for id in steps {
+            tracing::info!(
+                id = &id[..12],
+                "removing the container of an interrupted build step"
+            );
+            if let Err(e) = self.containers.remove(&id, true, true).await {
+                tracing::warn!(id = &id[..12], "removing it: {e}");
+            }
+        }
         if let Ok(rd) = std::fs::read_dir(self.home.join("builds")) {
             for e in rd.flatten() {
                 let _ = apex_oci::unpack::remove_tree(&e.path());
