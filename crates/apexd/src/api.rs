@@ -401,6 +401,18 @@ fn ndjson(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Response {
         .expect("valid response")
 }
 
+/// The body of `req` as a byte stream (a tar being uploaded).
+pub(crate) fn body_reader(
+    req: axum::extract::Request,
+) -> impl tokio::io::AsyncRead + Send + Unpin + 'static {
+    use futures_util::TryStreamExt;
+    let body = req
+        .into_body()
+        .into_data_stream()
+        .map_err(std::io::Error::other);
+    tokio_util::io::StreamReader::new(body)
+}
+
 /// A streamed answer of `content_type` made of the chunks sent to `rx` (a build's
 /// events, which must not be dropped; shared with the Docker front door).
 pub(crate) fn streamed(

@@ -41,7 +41,7 @@ pub fn image_error(e: anyhow::Error) -> Error {
 }
 
 /// Runs blocking store work off the async workers, mapping errors.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)

@@ -6,7 +6,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
-use futures_util::TryStreamExt;
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
@@ -88,11 +87,7 @@ pub(super) async fn put(
     req: Request,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let body = req
-        .into_body()
-        .into_data_stream()
-        .map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(body);
+    let reader = crate::api::body_reader(req);
     let opts = PutOptions {
         owner: q.owner,
         no_overwrite_dir_non_dir: q.no_overwrite_dir_non_dir,

@@ -6,7 +6,6 @@ use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
-use futures_util::TryStreamExt;
 use serde::Deserialize;
 
 use super::{ApiError, ApiResult, AppState};
@@ -31,11 +30,7 @@ pub(super) async fn build(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("options: {e}")))?,
         None => BuildRequest::default(),
     };
-    let body = req
-        .into_body()
-        .into_data_stream()
-        .map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(body);
+    let reader = crate::api::body_reader(req);
     let rx = s
         .services()
         .builds()

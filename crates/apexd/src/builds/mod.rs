@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::containers::Containers;
 use crate::error::{Error, Result};
-use crate::images::{image_error, Images};
+use crate::images::Images;
 use crate::model::{BuildEvent, BuildRequest};
 
 pub use run::BUILD_LABEL;
@@ -67,13 +67,7 @@ async fn with_store<T: Send + 'static>(
     f: impl FnOnce(&ImageStore) -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T> {
     let home = home.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let store = ImageStore::open(&home)?;
-        f(&store)
-    })
-    .await
-    .map_err(|e| Error::internal(format!("worker failed: {e}")))?
-    .map_err(image_error)
+    crate::images::blocking(move || f(&ImageStore::open(&home)?)).await
 }
 
 impl Builds {

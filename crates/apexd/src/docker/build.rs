@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use axum::extract::{RawQuery, Request, State};
 use axum::response::Response;
 use axum::Json;
-use futures_util::TryStreamExt;
 use serde_json::{json, Value};
 
 use super::images::url_pairs;
@@ -102,11 +101,7 @@ pub(super) async fn build(
     req: Request,
 ) -> DockerResult<Response> {
     let (opts, quiet) = options(q.as_deref().unwrap_or(""))?;
-    let body = req
-        .into_body()
-        .into_data_stream()
-        .map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(body);
+    let reader = crate::api::body_reader(req);
     let rx = s
         .services()
         .builds()

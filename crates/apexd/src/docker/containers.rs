@@ -11,7 +11,6 @@ use axum::{Extension, Json};
 use base64::Engine as _;
 use bollard_stubs::models::ContainerCreateBody;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -754,11 +753,7 @@ pub(super) async fn archive_put(
     Query(q): Query<ArchiveQuery>,
     req: Request,
 ) -> DockerResult<StatusCode> {
-    let body = req
-        .into_body()
-        .into_data_stream()
-        .map_err(std::io::Error::other);
-    let reader = tokio_util::io::StreamReader::new(body);
+    let reader = crate::api::body_reader(req);
     let opts = PutOptions {
         owner: truthy(&q.copy_uid_gid),
         no_overwrite_dir_non_dir: truthy(&q.no_overwrite_dir_non_dir),

@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -664,11 +663,7 @@ pub(super) async fn load(State(s): State<DockerState>, req: Request) -> DockerRe
     let mut file = tokio::fs::File::create(&path)
         .await
         .map_err(anyhow::Error::from)?;
-    let body = req
-        .into_body()
-        .into_data_stream()
-        .map_err(std::io::Error::other);
-    let mut reader = tokio_util::io::StreamReader::new(body);
+    let mut reader = crate::api::body_reader(req);
     tokio::io::copy(&mut reader, &mut file)
         .await
         .map_err(|e| DockerError::bad_request(format!("reading the archive: {e}")))?;
