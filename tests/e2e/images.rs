@@ -247,6 +247,18 @@ fn hostile_layers_never_write_outside_the_rootfs() {
             "{kind:?} escaped to {}",
             h.escape_path.display()
         );
+        // Rootfs images are named by their layer chain (apex_oci::rootfs::key).
+        let chain: String = h
+            .layout
+            .layer_digests
+            .iter()
+            .map(|d| format!("{d}\n"))
+            .collect();
+        let key = images::sha256_digest(chain.as_bytes());
+        let image = home
+            .path()
+            .join("rootfs")
+            .join(format!("{}.erofs", key.trim_start_matches("sha256:")));
         match kind {
             // Lexical escapes are refused with a clear error and nothing is stored.
             Hostile::DotDot | Hostile::HardlinkEscape => {
@@ -256,17 +268,16 @@ fn hostile_layers_never_write_outside_the_rootfs() {
                     "{kind:?}: {}",
                     out.stderr
                 );
-                let published = fs::read_dir(home.path().join("rootfs"))
-                    .map(|d| {
-                        d.filter_map(|e| e.ok())
-                            .any(|e| e.file_name().to_string_lossy().ends_with(".erofs"))
-                    })
-                    .unwrap_or(false);
-                assert!(!published, "{kind:?}: a rootfs image was published");
+                assert!(!image.exists(), "{kind:?}: a rootfs image was published");
             }
             // Absolute names and symlink tricks resolve inside the rootfs, like a chroot.
             _ => {
                 out.assert_ok();
+                assert!(
+                    image.exists(),
+                    "{kind:?}: no rootfs image at {}",
+                    image.display()
+                );
                 let root = extract_rootfs(&home, &dest);
                 let inside = root
                     .path()
