@@ -608,6 +608,10 @@ pub struct StatsRow {
     pub pids: u64,
     /// Host RSS of the VM process.
     pub vm_rss_bytes: u64,
+    /// Host memory of the container's cgroup (helper, QEMU, backends), bytes.
+    pub host_memory_bytes: u64,
+    /// Its host memory cap, bytes (0: uncapped).
+    pub host_memory_limit_bytes: u64,
 }
 
 /// CPU use between two samples: guest CPU time over wall time times vCPUs, in %.
@@ -643,6 +647,8 @@ fn stats_row(id: &str, name: &str, prev: Option<&Stats>, cur: &Stats, wall: Dura
         memory_percent,
         pids: cur.pids,
         vm_rss_bytes: cur.vm_rss_bytes,
+        host_memory_bytes: cur.host_memory_bytes,
+        host_memory_limit_bytes: cur.host_memory_limit_bytes,
     }
 }
 
@@ -769,6 +775,14 @@ fn print_stats(rows: &[StatsRow], fmt: Format, once: bool, clear: bool) -> Resul
                 ),
                 format!("{:.2}%", r.memory_percent),
                 r.pids.to_string(),
+                match r.host_memory_limit_bytes {
+                    0 => binary_size(r.vm_rss_bytes),
+                    cap => format!(
+                        "{} / {}",
+                        binary_size(r.host_memory_bytes),
+                        binary_size(cap)
+                    ),
+                },
             ]
         })
         .collect();
@@ -780,6 +794,7 @@ fn print_stats(rows: &[StatsRow], fmt: Format, once: bool, clear: bool) -> Resul
             "MEM USAGE / LIMIT",
             "MEM %",
             "PIDS",
+            "HOST MEM / CAP",
         ],
         &table,
     );
@@ -824,7 +839,7 @@ mod tests {
             pids: 3,
             cpus,
             read_at: at.into(),
-            vm_rss_bytes: 0,
+            ..Default::default()
         }
     }
 

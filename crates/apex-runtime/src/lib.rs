@@ -7,6 +7,7 @@
 //! - [`sandbox`]: a VM booted on an image rootfs, and processes in it.
 
 pub mod agent;
+pub mod cgroup;
 pub mod fs;
 pub mod kernel;
 pub mod sandbox;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use apex_runtime::cgroup::{Cgroup, Limits};
 use apex_shim::bundle::Bundle;
 use clap::Parser;
 
@@ -47,6 +48,35 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     let bundle = Bundle::new(&args.bundle);
     let cfg = bundle.read_config()?;
+    // Into the container's cgroup before any thread or child exists: QEMU and the
+    // backends inherit it.
+    let id = args
+        .bundle
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let limits = Limits {
+        cpus: cfg.cpus,
+        memory_mib: cfg.memory_mib,
+    };
+    let cgroup = match Cgroup::create(&id, limits).and_then(|cg| {
+        cg.add(std::process::id())?;
+        Ok(cg)
+    }) {
+        Ok(cg) => {
+            tracing::info!(dirs = ?cg.dirs(), "host caps: {} CPUs, {} MiB", limits.cpus, limits.memory_bytes() >> 20);
+            Some(cg)
+        }
+        Err(e) => {
+            tracing::warn!("host resource caps not applied: {e}");
+            None
+        }
+    };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    rt.block_on(shim::serve(bundle, cfg))
+    let res = rt.block_on(shim::serve(bundle, cfg));
+    drop(rt);
+    if let Some(cg) = cgroup {
+        cg.leave_and_remove(std::process::id());
+    }
+    res
 }

@@ -171,6 +171,13 @@ pub struct Stats {
     /// Host RSS of the VM process (QEMU), bytes.
     #[serde(default)]
     pub vm_rss_bytes: u64,
+    /// Host memory charged to the container's cgroup (helper, QEMU, backends), bytes;
+    /// 0 when it runs uncapped.
+    #[serde(default)]
+    pub host_memory_bytes: u64,
+    /// The container's host memory cap (RAM plus the VMM's overhead), bytes; 0 if none.
+    #[serde(default)]
+    pub host_memory_limit_bytes: u64,
 }
 
 /// The shim's answer: `ok` with an op-specific value, or an error message.

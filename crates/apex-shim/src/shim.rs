@@ -541,7 +541,7 @@ async fn stats(shim: &Shim) -> Response {
             cpus: shim.cfg.cpus,
             read_at: now(),
             vm_rss_bytes: rss_bytes(sb.vm_pid()),
-            ..Default::default()
+            ..host_stats()
         });
     }
     match sb.agent().stats().await {
@@ -553,8 +553,19 @@ async fn stats(shim: &Shim) -> Response {
             cpus: shim.cfg.cpus,
             read_at: now(),
             vm_rss_bytes: rss_bytes(sb.vm_pid()),
+            ..host_stats()
         }),
         Err(e) => Response::err(format!("cannot read stats from the guest: {e}")),
+    }
+}
+
+/// The host's view from the helper's own cgroup (see [`apex_runtime::cgroup`]).
+fn host_stats() -> Stats {
+    let (used, limit) = apex_runtime::cgroup::own_memory().unwrap_or_default();
+    Stats {
+        host_memory_bytes: used,
+        host_memory_limit_bytes: limit,
+        ..Default::default()
     }
 }
 

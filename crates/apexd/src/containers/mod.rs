@@ -1053,6 +1053,10 @@ impl Containers {
     /// Deletes the record and bundle (with the writable layer); the container's ports,
     /// tap and address go too, and its anonymous volumes with `volumes`.
     async fn remove_record(&self, rec: &ContainerRecord, volumes: bool) -> Result<(), Error> {
+        // A helper that was killed leaves its (empty) cgroup behind.
+        if let Some(name) = self.bundle(&rec.id).dir().file_name() {
+            apex_runtime::cgroup::remove_stale(&name.to_string_lossy());
+        }
         let id = rec.id.as_str();
         self.networks.release(rec).await;
         {
