@@ -67,6 +67,15 @@ fn containers_are_capped_on_the_host() {
     let qemu = children(shim, "qemu-system")[0];
     let backend = children(shim, "vhost-device-vs")[0];
 
+    // QEMU runs under its own seccomp filter (`-sandbox on,...`), with no_new_privs.
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    for want in [["Seccomp:", "2"], ["NoNewPrivs:", "1"]] {
+        assert!(
+            status.lines().any(|l| l.split_whitespace().eq(want)),
+            "{want:?}: {status}"
+        );
+    }
+
     // The helper and everything it started share one cgroup, named after the container.
     let cpu = cgroup_dir(qemu, "cpu");
     let mem = cgroup_dir(qemu, "memory");
@@ -173,4 +182,35 @@ fn containers_are_capped_on_the_host() {
     assert!(!hog_mem.exists(), "{} is left", hog_mem.display());
     // The cgroups go with their containers.
     assert!(!cpu.exists(), "{} is left", cpu.display());
+}
+
+/// Neither API socket is reachable by another local user (here `nobody`), while root's
+/// connections go through.
+#[test]
+fn api_sockets_refuse_other_users() {
+    let home = apex_e2e::apex::ApexHome::new();
+    home.run(&["system", "start"]).assert_ok();
+    for sock in ["apex.sock", "docker.sock"] {
+        let path = home.path().join("run").join(sock);
+        let connect = |as_nobody: bool| {
+            let mut cmd = std::process::Command::new(if as_nobody { "setpriv" } else { "socat" });
+            if as_nobody {
+                cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "socat"]);
+            }
+            cmd.args(["-u", "OPEN:/dev/null"])
+                .arg(format!("UNIX-CONNECT:{}", path.display()))
+                .output()
+                .expect("socat and setpriv (scripts/install-deps.sh)")
+        };
+        let root = connect(false);
+        assert!(
+            root.status.success(),
+            "{sock}: {}",
+            String::from_utf8_lossy(&root.stderr)
+        );
+        let other = connect(true);
+        assert!(!other.status.success(), "{sock}: nobody connected");
+        let err = String::from_utf8_lossy(&other.stderr);
+        assert!(err.contains("Permission denied"), "{sock}: {err}");
+    }
 }

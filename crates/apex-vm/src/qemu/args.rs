@@ -7,6 +7,10 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// Guest `HZ` of the Debian cloud kernel; `lpj` is loops per jiffy.
+/// `-sandbox` of every VM (see `qemu-system-x86_64 -sandbox`).
+pub const QEMU_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
 const GUEST_HZ: u64 = 250;
 
 /// Host TSC frequency in kHz for `tsc_early_khz=`: `$APEX_TSC_KHZ`, else the first
@@ -95,6 +99,10 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<OsString> {
         format!("memory-backend-memfd,id=mem,size={mib}M,share=on"),
         "-nodefaults".into(),
         "-no-user-config".into(),
+        // QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no
+        // fork/exec, no scheduler or resource-limit changes once the guest runs.
+        "-sandbox".into(),
+        QEMU_SANDBOX.into(),
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
@@ -236,6 +244,9 @@ mod tests {
             ["memory-backend-memfd,id=mem,size=256M,share=on"]
         );
         assert!(a.contains(&"-nodefaults".to_string()) && a.contains(&"-no-reboot".to_string()));
+        assert!(a
+            .windows(2)
+            .any(|w| w[0] == "-sandbox" && w[1] == QEMU_SANDBOX));
         assert_eq!(
             after(&a, "-chardev"),
             [
