@@ -115,10 +115,21 @@ impl Cgroup {
         fs::create_dir_all(&cpu)?;
         fs::create_dir_all(&memory)?;
         let cg = Cgroup { cpu, memory, v2 };
+        if let Err(e) = cg.set(&cpu_base, limits) {
+            // Nothing joined it yet: leave no empty cgroup behind.
+            let _ = fs::remove_dir(&cg.cpu);
+            let _ = fs::remove_dir(&cg.memory);
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn set(&self, cpu_base: &Path, limits: Limits) -> io::Result<()> {
+        let (cg, v2) = (self, self.v2);
         let quota = u64::from(limits.cpus.max(1)) * CPU_PERIOD_US;
         if v2 {
             // Controllers must be enabled in every parent below the one we started in.
-            for dir in [cpu_base.clone(), cpu_base.join("apex")] {
+            for dir in [cpu_base.to_path_buf(), cpu_base.join("apex")] {
                 let _ = write(&dir, "cgroup.subtree_control", "+cpu +memory");
             }
             write(&cg.cpu, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
@@ -139,7 +150,7 @@ impl Cgroup {
                 &limits.memory_bytes().to_string(),
             );
         }
-        Ok(cg)
+        Ok(())
     }
 
     /// Moves the process `pid` (all its threads) into the cgroup; its children follow.

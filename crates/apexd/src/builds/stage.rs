@@ -780,22 +780,36 @@ impl Build {
 
     /// `ADD URL`: the file, downloaded into the build's scratch space (mode 0600).
     async fn download(&mut self, url: &str) -> Result<Source> {
-        let resp = reqwest::get(url)
+        use tokio::io::AsyncWriteExt;
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::bad_request(format!("ADD failed: downloading {url}: {e}"))
+        };
+        let mut resp = reqwest::get(url)
             .await
             .and_then(|r| r.error_for_status())
-            .map_err(|e| Error::bad_request(format!("ADD failed: downloading {url}: {e}")))?;
+            .map_err(|e| failed(&e))?;
         let name = url
             .split(['?', '#'])
             .next()
             .and_then(|u| u.rsplit('/').next())
-            .filter(|n| !n.is_empty())
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
             .unwrap_or("download")
             .to_string();
-        let body = resp
-            .bytes()
+        let abs = self.scratch_path(&name)?;
+        // Streamed to disk: a large download never sits in the daemon's memory.
+        let mut f = tokio::fs::File::create(&abs)
             .await
-            .map_err(|e| Error::bad_request(format!("ADD failed: downloading {url}: {e}")))?;
-        self.scratch_file(&name, &body, 0o600)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
+            f.write_all(&chunk)
+                .await
+                .map_err(|e| Error::internal(e.to_string()))?;
+        }
+        f.flush()
+            .await
+            .map_err(|e| Error::internal(e.to_string()))?;
+        drop(f);
+        scratch_source(abs, &name, 0o600)
     }
 
     /// A heredoc of `COPY <<EOF dest`, as a file named after it.
@@ -810,25 +824,17 @@ impl Build {
         } else {
             h.content.clone()
         };
-        self.scratch_file(&h.name, content.as_bytes(), 0o644)
+        let abs = self.scratch_path(&h.name)?;
+        std::fs::write(&abs, content).map_err(|e| Error::internal(e.to_string()))?;
+        scratch_source(abs, &h.name, 0o644)
     }
 
-    fn scratch_file(&mut self, name: &str, data: &[u8], mode: u32) -> Result<Source> {
-        use std::os::unix::fs::PermissionsExt;
+    /// A new path `NAME` in a directory of its own in the build's scratch space.
+    fn scratch_path(&mut self, name: &str) -> Result<PathBuf> {
         self.scratch_files += 1;
         let dir = self.scratch.join(format!("file-{}", self.scratch_files));
-        let e = |e: std::io::Error| Error::internal(e.to_string());
-        std::fs::create_dir_all(&dir).map_err(e)?;
-        let abs = dir.join(name);
-        std::fs::write(&abs, data).map_err(e)?;
-        std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode)).map_err(e)?;
-        let f = std::fs::File::options().write(true).open(&abs).map_err(e)?;
-        f.set_modified(std::time::SystemTime::UNIX_EPOCH)
-            .map_err(e)?;
-        Ok(Source {
-            rel: PathBuf::from(name),
-            abs,
-        })
+        std::fs::create_dir_all(&dir).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(dir.join(name))
     }
 
     /// `--chown=user[:group]` as numeric ids, names looked up in the image.
@@ -881,6 +887,21 @@ impl Build {
         };
         Ok((uid, gid))
     }
+}
+
+/// A file written for a build (a download, a heredoc) as a `COPY` source: `mode`, and
+/// the Unix epoch as its time.
+fn scratch_source(abs: PathBuf, name: &str, mode: u32) -> Result<Source> {
+    use std::os::unix::fs::PermissionsExt;
+    let e = |e: std::io::Error| Error::internal(e.to_string());
+    std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(mode)).map_err(e)?;
+    let f = std::fs::File::options().write(true).open(&abs).map_err(e)?;
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .map_err(e)?;
+    Ok(Source {
+        rel: PathBuf::from(name),
+        abs,
+    })
 }
 
 /// A `HEALTHCHECK` as the image config's `Healthcheck` (durations in nanoseconds).
