@@ -69,6 +69,12 @@ pub fn kernel_cmdline(cfg: &VmConfig, tsc_khz: Option<u64>) -> String {
     parts.join(" ")
 }
 
+/// `APEX_QEMU_SANDBOX=off` (in apexd's environment) runs QEMU without its seccomp
+/// filter: a diagnostic switch, and what `scripts/bench-sandbox.sh` compares against.
+fn sandbox_disabled() -> bool {
+    std::env::var("APEX_QEMU_SANDBOX").is_ok_and(|v| matches!(v.trim(), "off" | "0" | "false"))
+}
+
 /// QEMU's option parser splits on `,`; a literal comma is written `,,`.
 fn esc(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
@@ -102,7 +108,11 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<OsString> {
         // QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no
         // fork/exec, no scheduler or resource-limit changes once the guest runs.
         "-sandbox".into(),
-        QEMU_SANDBOX.into(),
+        if sandbox_disabled() {
+            "off".into()
+        } else {
+            QEMU_SANDBOX.into()
+        },
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
