@@ -239,4 +239,25 @@ mod tests {
             "the result keeps its layer"
         );
     }
+
+    #[test]
+    fn gc_keeps_rootfs_images_under_their_old_manifest_name() {
+        let home = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(home.path()).unwrap();
+        let layer = store.write_layer(&tar_of("f", b"x")[..]).unwrap();
+        let cfg = json!({"architecture": "amd64", "os": "linux", "config": {}});
+        let rec = store.commit(None, cfg, Some(&layer)).unwrap();
+        store.build_result(&rec).unwrap();
+        let dir = home.path().join("rootfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let legacy = dir.join(format!("{}.erofs", rec.digest.hex()));
+        let current = crate::rootfs::image_path(&dir, &rec);
+        let orphan = dir.join(format!("{}.erofs", "0".repeat(64)));
+        for f in [&legacy, &current, &orphan] {
+            std::fs::write(f, b"erofs").unwrap();
+        }
+        store.gc().unwrap();
+        assert!(legacy.exists() && current.exists());
+        assert!(!orphan.exists());
+    }
 }

@@ -588,6 +588,9 @@ impl ImageStore {
             keep.extend(rec.blobs().cloned());
             keep.extend(rec.index_digest.iter().cloned());
             keep_rootfs.insert(rootfs::key(rec));
+            // Containers created before rootfs images were named by layer chain still
+            // point at the old name (the manifest digest): keep it while the image lives.
+            keep_rootfs.insert(rec.digest.hex().to_string());
         }
         let mut freed = 0;
         for (d, size) in self.content.list()? {
