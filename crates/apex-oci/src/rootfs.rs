@@ -13,8 +13,7 @@ use rustix::fs::{flock, FlockOperation};
 
 use crate::content::ContentStore;
 use crate::db::ImageRecord;
-use crate::manifest::Compression;
-use crate::unpack::{apply_layer, decompress, remove_tree, LayerStats};
+use crate::unpack::{apply_layer, open_layer, remove_tree, LayerStats};
 
 /// What building a rootfs image took.
 #[derive(Debug, Default, Clone)]
@@ -81,9 +80,7 @@ pub fn ensure(dir: &Path, store: &ContentStore, rec: &ImageRecord) -> Result<Bui
     let t0 = Instant::now();
     let mut total = LayerStats::default();
     for (i, l) in rec.layers.iter().enumerate() {
-        let c = Compression::from_media_type(&l.media_type)?;
-        let blob = store.open_blob(&l.digest)?;
-        let st = apply_layer(&root, decompress(std::io::BufReader::new(blob), c)?)
+        let st = apply_layer(&root, open_layer(store, l)?)
             .with_context(|| format!("unpacking layer {} ({})", i + 1, l.digest))?;
         total.entries += st.entries;
         total.whiteouts += st.whiteouts;

@@ -30,6 +30,8 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tar::EntryType;
 
+use crate::content::ContentStore;
+use crate::db::LayerRecord;
 use crate::error::ImageError;
 use crate::manifest::Compression;
 
@@ -55,6 +57,13 @@ pub fn decompress<'a>(r: impl Read + 'a, c: Compression) -> Result<Box<dyn Read 
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
     })
+}
+
+/// The uncompressed tar of the stored layer `l`.
+pub fn open_layer(store: &ContentStore, l: &LayerRecord) -> Result<Box<dyn Read>> {
+    let c = Compression::from_media_type(&l.media_type)?;
+    let blob = store.open_blob(&l.digest)?;
+    decompress(std::io::BufReader::new(blob), c)
 }
 
 /// Applies one (uncompressed) layer tar to the directory `root`.

@@ -97,6 +97,13 @@ fn current(mounts: &str, cgroups: &str) -> Option<(PathBuf, PathBuf, bool)> {
     Some((find("cpu")?, find("memory")?, false))
 }
 
+/// [`current`] for this process.
+fn own() -> Option<(PathBuf, PathBuf, bool)> {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
+    current(&mounts, &cgroups)
+}
+
 fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
     fs::write(dir.join(file), value)
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(file).display())))
@@ -105,9 +112,7 @@ fn write(dir: &Path, file: &str, value: &str) -> io::Result<()> {
 impl Cgroup {
     /// Creates (or reuses) `apex/<name>` next to this process's cgroup, with `limits`.
     pub fn create(name: &str, limits: Limits) -> io::Result<Cgroup> {
-        let mounts = fs::read_to_string("/proc/self/mountinfo")?;
-        let cgroups = fs::read_to_string("/proc/self/cgroup")?;
-        let (cpu_base, mem_base, v2) = current(&mounts, &cgroups).ok_or_else(|| {
+        let (cpu_base, mem_base, v2) = own().ok_or_else(|| {
             io::Error::other("no cgroup hierarchy with the cpu and memory controllers")
         })?;
         let sub = Path::new("apex").join(name);
@@ -125,30 +130,22 @@ impl Cgroup {
     }
 
     fn set(&self, cpu_base: &Path, limits: Limits) -> io::Result<()> {
-        let (cg, v2) = (self, self.v2);
         let quota = u64::from(limits.cpus.max(1)) * CPU_PERIOD_US;
-        if v2 {
+        let memory = limits.memory_bytes().to_string();
+        if self.v2 {
             // Controllers must be enabled in every parent below the one we started in.
             for dir in [cpu_base.to_path_buf(), cpu_base.join("apex")] {
                 let _ = write(&dir, "cgroup.subtree_control", "+cpu +memory");
             }
-            write(&cg.cpu, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
-            write(&cg.memory, "memory.max", &limits.memory_bytes().to_string())?;
-            let _ = write(&cg.memory, "memory.swap.max", "0");
+            write(&self.cpu, "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+            write(&self.memory, "memory.max", &memory)?;
+            let _ = write(&self.memory, "memory.swap.max", "0");
         } else {
-            write(&cg.cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-            write(&cg.cpu, "cpu.cfs_quota_us", &quota.to_string())?;
-            write(
-                &cg.memory,
-                "memory.limit_in_bytes",
-                &limits.memory_bytes().to_string(),
-            )?;
+            write(&self.cpu, "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+            write(&self.cpu, "cpu.cfs_quota_us", &quota.to_string())?;
+            write(&self.memory, "memory.limit_in_bytes", &memory)?;
             // Swap may not be accounted on this host (no memsw files): then RAM alone.
-            let _ = write(
-                &cg.memory,
-                "memory.memsw.limit_in_bytes",
-                &limits.memory_bytes().to_string(),
-            );
+            let _ = write(&self.memory, "memory.memsw.limit_in_bytes", &memory);
         }
         Ok(())
     }
@@ -167,20 +164,6 @@ impl Cgroup {
         (&self.cpu, &self.memory)
     }
 
-    /// Host memory in use (bytes), as the memory controller counts it.
-    pub fn memory_usage(&self) -> Option<u64> {
-        let file = if self.v2 {
-            "memory.current"
-        } else {
-            "memory.usage_in_bytes"
-        };
-        fs::read_to_string(self.memory.join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
     /// Moves `pid` back to the parent cgroup, then removes the (empty) cgroup.
     pub fn leave_and_remove(&self, pid: u32) {
         for dir in [&self.cpu, &self.memory] {
@@ -195,9 +178,7 @@ impl Cgroup {
 /// (usage, cap) in bytes of the memory cgroup this process is in, when it is one of
 /// Apex's (`apex/<name>`).
 pub fn own_memory() -> Option<(u64, u64)> {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let cgroups = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let (_, dir, v2) = current(&mounts, &cgroups)?;
+    let (_, dir, v2) = own()?;
     if dir.parent()?.file_name()? != "apex" {
         return None;
     }
@@ -212,13 +193,7 @@ pub fn own_memory() -> Option<(u64, u64)> {
 
 /// Removes the cgroup of container `name` if it is empty (its helper was killed).
 pub fn remove_stale(name: &str) {
-    let (Ok(mounts), Ok(cgroups)) = (
-        fs::read_to_string("/proc/self/mountinfo"),
-        fs::read_to_string("/proc/self/cgroup"),
-    ) else {
-        return;
-    };
-    if let Some((cpu, memory, _)) = current(&mounts, &cgroups) {
+    if let Some((cpu, memory, _)) = own() {
         for base in [cpu, memory] {
             let _ = fs::remove_dir(base.join("apex").join(name));
         }

@@ -40,14 +40,18 @@ pub fn image_error(e: anyhow::Error) -> Error {
     Error::new(kind, format!("{e:#}"))
 }
 
+/// Runs blocking work off the async workers; a worker that panicked is an internal error.
+pub(crate) async fn worker<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("worker failed: {e}")))
+}
+
 /// Runs blocking store work off the async workers, mapping errors.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::internal(format!("worker failed: {e}")))?
-        .map_err(image_error)
+    worker(f).await?.map_err(image_error)
 }
 
 impl Images {

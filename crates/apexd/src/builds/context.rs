@@ -1,10 +1,8 @@
-//! The build context: the client's tar (plain or gzip) extracted with the same safety
+//! The build context: the client's tar (plain, gzip or zstd) extracted with the same safety
 //! rules as image layers (no path escapes the directory), then `.dockerignore` applied
 //! as Docker's daemon does, so a client that sent ignored files still cannot `COPY`
 //! them. The Dockerfile and `.dockerignore` themselves always stay.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use apex_build::ignore::IgnoreMatcher;
@@ -15,17 +13,8 @@ use crate::error::{Error, Result};
 /// text, `dockerfile` being its path inside the context.
 pub fn prepare(tar: &Path, dir: &Path, dockerfile: &str) -> Result<String> {
     std::fs::create_dir_all(dir).map_err(|e| Error::internal(e.to_string()))?;
-    let f = File::open(tar).map_err(|e| Error::internal(format!("reading the context: {e}")))?;
-    let mut r = BufReader::new(f);
-    let gz = r
-        .fill_buf()
-        .map(|b| b.starts_with(&[0x1f, 0x8b]))
-        .unwrap_or(false);
-    let reader: Box<dyn std::io::Read> = if gz {
-        Box::new(flate2::read::MultiGzDecoder::new(r))
-    } else {
-        Box::new(r)
-    };
+    let reader = super::copy::open_archive(tar)
+        .map_err(|e| Error::internal(format!("reading the context: {e}")))?;
     apex_oci::unpack::extract_archive(dir, reader, None)
         .map_err(|e| Error::bad_request(format!("invalid build context: {e:#}")))?;
     let rel = super::copy::clean_rel(dockerfile).ok_or_else(|| {

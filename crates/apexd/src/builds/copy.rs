@@ -216,14 +216,7 @@ fn join(dir: &str, name: &str) -> String {
 
 /// Whether a local file is a tar archive `ADD` extracts (plain, gzip or zstd).
 fn is_archive(path: &Path) -> bool {
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
-    let mut head = Vec::new();
-    if f.take(4).read_to_end(&mut head).is_err() {
-        return false;
-    }
-    let Ok(r) = open_archive(path, &head) else {
+    let Ok(r) = open_archive(path) else {
         return false;
     };
     let mut block = Vec::new();
@@ -231,8 +224,12 @@ fn is_archive(path: &Path) -> bool {
     block.len() == 512 && &block[257..262] == b"ustar"
 }
 
-fn open_archive(path: &Path, head: &[u8]) -> io::Result<Box<dyn Read>> {
-    let f = io::BufReader::new(File::open(path)?);
+/// The file at `path`, decompressed if it starts with a gzip or zstd header (a tar
+/// `ADD` extracts, or a build context).
+pub(super) fn open_archive(path: &Path) -> io::Result<Box<dyn Read>> {
+    use io::BufRead;
+    let mut f = io::BufReader::new(File::open(path)?);
+    let head = f.fill_buf()?;
     Ok(if head.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::read::MultiGzDecoder::new(f))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -329,11 +326,7 @@ impl<W: Write> LayerWriter<'_, W> {
     /// `ADD` of a local archive: its entries under `dest`, owners kept unless `--chown`.
     fn extract(&mut self, archive: &Path, dest: &str) -> Result<(), CopyError> {
         let e = |e: io::Error| format!("{}: {e}", archive.display());
-        let mut head = Vec::new();
-        File::open(archive)
-            .and_then(|f| f.take(4).read_to_end(&mut head))
-            .map_err(e)?;
-        let mut a = tar::Archive::new(open_archive(archive, &head).map_err(e)?);
+        let mut a = tar::Archive::new(open_archive(archive).map_err(e)?);
         let under = |raw: &[u8]| -> Result<String, CopyError> {
             let parts = apex_oci::unpack::clean_path(raw).map_err(|err| format!("{err}"))?;
             let rel: Vec<String> = parts.iter().map(|p| p.to_string_lossy().into()).collect();

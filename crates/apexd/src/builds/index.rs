@@ -7,8 +7,7 @@ use std::io::Read;
 
 use anyhow::{Context, Result};
 use apex_oci::db::ImageRecord;
-use apex_oci::manifest::Compression;
-use apex_oci::unpack::{clean_path, decompress};
+use apex_oci::unpack::{clean_path, open_layer};
 use apex_oci::ImageStore;
 
 /// The kind of a path in an image.
@@ -33,9 +32,7 @@ impl ImageIndex {
     pub fn of_image(store: &ImageStore, rec: Option<&ImageRecord>) -> Result<Self> {
         let mut idx = ImageIndex::default();
         for l in rec.map(|r| r.layers.as_slice()).unwrap_or_default() {
-            let c = Compression::from_media_type(&l.media_type)?;
-            let blob = store.content().open_blob(&l.digest)?;
-            idx.apply(decompress(std::io::BufReader::new(blob), c)?)
+            idx.apply(open_layer(store.content(), l)?)
                 .with_context(|| format!("reading layer {}", l.digest))?;
         }
         Ok(idx)
@@ -146,9 +143,7 @@ pub fn read_file(
     let opaque = join(dir, ".wh..wh..opq");
     let mut found = None;
     for l in rec.map(|r| r.layers.as_slice()).unwrap_or_default() {
-        let c = Compression::from_media_type(&l.media_type)?;
-        let blob = store.content().open_blob(&l.digest)?;
-        let mut a = tar::Archive::new(decompress(std::io::BufReader::new(blob), c)?);
+        let mut a = tar::Archive::new(open_layer(store.content(), l)?);
         for e in a.entries()? {
             let mut e = e?;
             let parts = clean_path(&e.path_bytes())?;

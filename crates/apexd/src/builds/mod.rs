@@ -102,9 +102,7 @@ impl Builds {
             .unwrap_or_else(|| "Dockerfile".into());
         let text = {
             let (ctx, tar, name) = (ctx.clone(), context.to_path_buf(), dockerfile_name.clone());
-            tokio::task::spawn_blocking(move || context::prepare(&tar, &ctx, &name))
-                .await
-                .map_err(|e| Error::internal(format!("worker failed: {e}")))??
+            crate::images::worker(move || context::prepare(&tar, &ctx, &name)).await??
         };
         let df = dockerfile::parse(&text).map_err(|e| Error::bad_request(e.to_string()))?;
         if let Some(t) = req.target.as_deref().filter(|t| !t.is_empty()) {

@@ -153,7 +153,7 @@ async fn diff(containers: &Arc<Containers>, id: &str, epoch: u64) -> Result<Opti
         .await?;
     let home = containers.home().to_path_buf();
     let crate::containers::tools::ToolRun { stdout, done, .. } = run;
-    let layer = tokio::task::spawn_blocking(move || -> anyhow::Result<NewLayer> {
+    let layer = crate::images::worker(move || -> anyhow::Result<NewLayer> {
         let store = apex_oci::ImageStore::open(&home)?;
         let mut reader = tokio_util::io::SyncIoBridge::new(stdout);
         let layer = store.write_layer(&mut reader);
@@ -161,8 +161,7 @@ async fn diff(containers: &Arc<Containers>, id: &str, epoch: u64) -> Result<Opti
         let _ = std::io::copy(&mut reader, &mut std::io::sink());
         layer
     })
-    .await
-    .map_err(|e| Error::internal(format!("worker failed: {e}")))?;
+    .await?;
     let (code, stderr) = done
         .await
         .unwrap_or((255, "the layer tool was interrupted".into()));

@@ -301,16 +301,14 @@ impl Build {
     ) -> Result<Image> {
         config::add_history(&mut cfg, &self.created, created_by, layer.is_none());
         let (base, key) = (parent.rec.clone(), key.to_string());
-        let rec = with_store(&self.svc.home, move |s| {
+        // The stored config (with the new layer's diff ID), read back in the same trip.
+        let (rec, cfg) = with_store(&self.svc.home, move |s| {
             let rec = s.commit(base.as_ref(), cfg, layer.as_ref())?;
             s.cache_record(&key, &rec, true)?;
-            Ok(rec)
+            let cfg = s.config_json(&rec)?;
+            Ok((rec, cfg))
         })
         .await?;
-        let cfg = {
-            let r = rec.clone();
-            with_store(&self.svc.home, move |s| s.config_json(&r)).await?
-        };
         Ok(Image {
             rec: Some(rec),
             cfg,
@@ -668,29 +666,21 @@ impl Build {
         for h in &c.heredocs {
             sources.push(self.heredoc_file(h, &st.lookup())?);
         }
-        let many = local.len() + sources.len() > 1;
-        if !local.is_empty() {
-            let root2 = root.clone();
-            let found =
-                tokio::task::spawn_blocking(move || copy::resolve_sources(&root2, &local, what))
-                    .await
-                    .map_err(|e| Error::internal(format!("worker failed: {e}")))?
-                    .map_err(|e| {
-                        Error::bad_request(format!(
-                            "{} failed: {e}",
-                            if add { "ADD" } else { "COPY" }
-                        ))
-                    })?;
-            sources.extend(found);
-        }
-        let many = many || sources.len() > 1;
-        let (sources, content) = tokio::task::spawn_blocking(move || {
-            let h = copy::hash_sources(&sources);
-            (sources, h)
+        // Local sources are resolved (globs expanded) and everything hashed in one trip.
+        let (root2, verb) = (root.clone(), if add { "ADD" } else { "COPY" });
+        let (sources, content) = crate::images::worker(move || {
+            if !local.is_empty() {
+                let found = copy::resolve_sources(&root2, &local, what)
+                    .map_err(|e| Error::bad_request(format!("{verb} failed: {e}")))?;
+                sources.extend(found);
+            }
+            let content = copy::hash_sources(&sources)
+                .map_err(|e| Error::internal(format!("reading sources: {e}")))?;
+            Ok::<_, Error>((sources, content))
         })
-        .await
-        .map_err(|e| Error::internal(format!("worker failed: {e}")))?;
-        let content = content.map_err(|e| Error::internal(format!("reading sources: {e}")))?;
+        .await??;
+        // Several sources (globs included) need a directory as the destination.
+        let many = sources.len() > 1;
         let workdir = st.img.cfg["config"]["WorkingDir"]
             .as_str()
             .unwrap_or("/")
@@ -726,7 +716,7 @@ impl Build {
             st.img.rec.clone(),
             self.scratch.join("copy.tar"),
         );
-        let layer = tokio::task::spawn_blocking(move || -> Result<NewLayer> {
+        let layer = crate::images::worker(move || -> Result<NewLayer> {
             let store = apex_oci::ImageStore::open(&home).map_err(crate::images::image_error)?;
             let index =
                 ImageIndex::of_image(&store, base.as_ref()).map_err(crate::images::image_error)?;
@@ -740,14 +730,9 @@ impl Build {
             let _ = std::fs::remove_file(&tar_path);
             layer
         })
-        .await
-        .map_err(|e| Error::internal(format!("worker failed: {e}")))??;
+        .await??;
         let cfg = st.img.cfg.clone();
-        let by = format!(
-            "{} {}",
-            if add { "ADD" } else { "COPY" },
-            ins.text.split_once(' ').map_or("", |x| x.1)
-        );
+        let by = format!("{verb} {}", ins.text.split_once(' ').map_or("", |x| x.1));
         st.img = self.commit(&st.img, &key, cfg, &by, Some(layer)).await?;
         self.done(n, t, &st.img);
         Ok(())
@@ -764,12 +749,7 @@ impl Build {
         with_store(&home, move |s| {
             std::fs::create_dir_all(&d)?;
             for l in rec.iter().flat_map(|r| r.layers.iter()) {
-                let c = apex_oci::manifest::Compression::from_media_type(&l.media_type)?;
-                let blob = s.content().open_blob(&l.digest)?;
-                apex_oci::unpack::apply_layer(
-                    &d,
-                    apex_oci::unpack::decompress(std::io::BufReader::new(blob), c)?,
-                )?;
+                apex_oci::unpack::apply_layer(&d, apex_oci::unpack::open_layer(s.content(), l)?)?;
             }
             Ok(())
         })
